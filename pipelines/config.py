@@ -1,0 +1,102 @@
+"""``JobConfig``: every setting of one super-resolution job, with documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+METHODS = ("cmsr", "zssr", "bicubic", "bp", "guided")
+STITCH_MODES = ("core", "feather")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Settings of one job. Frozen and JSON round-tripping (it travels in ``job.json``)."""
+
+    method: str = "cmsr"
+    """Per-tile super-resolution: one of ``cmsr.METHODS`` (cmsr, zssr, bicubic, bp, guided)."""
+    preset: str | None = None
+    """``CMSRConfig.preset`` name for cmsr/zssr; None -> ``cmsr.config.DEFAULT_PRESET``."""
+    scale: int | None = None
+    """Integer zoom factor HR/LR; None -> the rounded ratio of ground sample distances (2..16)."""
+    tile_size: int = 512
+    """Core edge in HR pixels (snapped down to a multiple of the scale)."""
+    halo: int = 32
+    """Context on each side in HR pixels, >= the tile model's receptive field (snapped up to a multiple of the scale)."""
+    min_valid_fraction: float = 0.05
+    """Tiles whose core has a smaller share of valid pixels are not processed (written as nodata)."""
+    stitch: str = "core"
+    """``core``: keep each tile's core (one owner per pixel); ``feather``: raised-cosine blend over the halos."""
+    seed: int = 0
+    """Base seed; tile ``i`` uses ``seed + i`` (deterministic whatever runs it, wherever)."""
+    device: str = "cpu"
+    """torch device for the tile function (``cpu``, ``cuda``, ``cuda:1``)."""
+    work_dir: str | None = None
+    """Job state (job.json, LR target, tile results); None -> ``<out>.work/`` beside the output."""
+    resume: bool = True
+    """Reuse finished tile results of the same plan (same inputs, same settings)."""
+    assume_crs: str | None = None
+    """CRS (e.g. ``EPSG:32632``) for inputs whose files carry none."""
+    degradation: str = "area"
+    """Degradation model HR -> LR used by the core (``area``: each LR pixel is the mean of its s x s HR pixels)."""
+    compress: str = "deflate"
+    """COG compression: ``deflate`` or ``zstd`` (predictor 3 either way)."""
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    """Survey-level robust range (target and guide) used to normalise every tile alike."""
+    guide_bands: tuple[int, ...] | None = None
+    """1-based RGB bands to use as the guide; None -> all bands except alpha (1 to 4 bands)."""
+    target_bands: tuple[int, ...] | None = None
+    """1-based target bands to super-resolve; None -> all (each processed on its own)."""
+    tile_fn: str | None = None
+    """``"module:function"`` of a custom tile function (overrides ``method``; importable in workers)."""
+    cmsr_overrides: tuple[tuple[str, Any], ...] = ()
+    """``CMSRConfig`` fields to override after the preset, e.g. ``(("max_iters", 50),)``."""
+    quicklook: bool = True
+    """Write ``<out stem>.quicklook.png`` (RGB | bicubic | super-resolved, same colour scale)."""
+
+    def __post_init__(self) -> None:
+        if self.tile_fn is None and self.method not in METHODS:
+            raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
+        if self.stitch not in STITCH_MODES:
+            raise ValueError(f"stitch {self.stitch!r}: expected one of {STITCH_MODES}")
+        if self.degradation not in ("area", "bicubic"):
+            raise ValueError(f"degradation {self.degradation!r}: expected 'area' or 'bicubic'")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise ValueError(f"min_valid_fraction {self.min_valid_fraction}: expected 0..1")
+        if self.compress not in ("deflate", "zstd"):
+            raise ValueError(f"compress {self.compress!r}: expected 'deflate' or 'zstd'")
+        # normalise sequences to tuples so equal configs compare (and hash) equal after JSON
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        for name in ("guide_bands", "target_bands"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(int(b) for b in v))
+        object.__setattr__(self, "cmsr_overrides", tuple((str(k), v) for k, v in self.cmsr_overrides))
+
+    def replace(self, **changes: Any) -> "JobConfig":
+        d = asdict(self)
+        d.update(changes)
+        return JobConfig(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cmsr_overrides"] = [list(kv) for kv in self.cmsr_overrides]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown JobConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if d.get("cmsr_overrides") is not None:
+            d["cmsr_overrides"] = tuple(tuple(kv) for kv in d["cmsr_overrides"])
+        return cls(**d)
+
+    def result_fields(self) -> dict:
+        """The settings that change tile results (part of the plan key)."""
+        d = self.to_dict()
+        for k in ("work_dir", "resume", "compress", "quicklook", "stitch"):
+            d.pop(k)
+        return d

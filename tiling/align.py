@@ -1,0 +1,264 @@
+"""Validation and alignment: choose the integer scale, put the target on the LR grid once.
+
+Why once for the whole survey: resampling per tile would make every tile's LR pixels depend on
+the tile's window (GDAL derives its kernel from the window unless ``XSCALE``/``YSCALE`` are
+pinned), which shows up as seams. One windowed reprojection into the work directory, with the
+scale pinned, gives every tile the same LR pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.warp import calculate_default_transform, reproject, transform_bounds
+
+from .errors import InputWarning, InvalidInput
+from .grid import Grid, Window
+from .plan import TilePlan
+from .rasters import RasterInfo
+
+MIN_SCALE, MAX_SCALE = 2, 16
+#: below this share of the RGB covered by the target, warn (the job still runs)
+LOW_OVERLAP = 0.10
+#: rows of LR pixels reprojected / scanned per step (bounds memory for any survey size)
+STRIP_BYTES = 64 << 20
+
+
+def check_output(out: str, inputs: list[str]) -> None:
+    """The output must not be an input and its directory must exist and be writable."""
+    real = os.path.realpath(out)
+    for p in inputs:
+        if os.path.exists(p) and os.path.realpath(p) == real:
+            raise InvalidInput(f"output file {out}: is the same file as input {p}; refusing to overwrite an input")
+    parent = os.path.dirname(real) or "."
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"output file {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInput(f"output file {out}: directory {parent} is not writable")
+    if os.path.isdir(real):
+        raise InvalidInput(f"output file {out}: is a directory")
+
+
+def res_in(info: RasterInfo, crs: str) -> tuple[float, float]:
+    """Pixel size (x, y) of ``info``'s grid expressed in ``crs`` units (its own if same CRS)."""
+    g = info.grid
+    if g.crs == crs:
+        return g.res
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        t, w, h = calculate_default_transform(g.crs, crs, g.width, g.height, *g.bounds)
+    return (abs(t.a), abs(t.e))
+
+
+def choose_scale(rgb: RasterInfo, target: RasterInfo, override: int | None) -> tuple[int, float]:
+    """(s, measured GSD ratio). ``override`` wins; else the rounded ratio. 2 <= s <= 16."""
+    tx, ty = res_in(target, rgb.grid.crs)
+    hx, hy = rgb.grid.res
+    ratio = math.sqrt((tx / hx) * (ty / hy))
+    if override is not None:
+        if isinstance(override, bool) or int(override) != override:
+            raise InvalidInput(f"--scale {override!r}: must be an integer between {MIN_SCALE} and {MAX_SCALE}")
+        s = int(override)
+        if not MIN_SCALE <= s <= MAX_SCALE:
+            raise InvalidInput(f"--scale {s}: out of range (must be {MIN_SCALE}..{MAX_SCALE})")
+        return s, ratio
+    s = int(round(ratio))
+    if not MIN_SCALE <= s <= MAX_SCALE:
+        raise InvalidInput(
+            f"target file {target.path}: ground sample distance ratio to the RGB is {ratio:.2f} "
+            f"(rounds to {s}); supported scales are {MIN_SCALE}..{MAX_SCALE} (pass --scale N to override)"
+        )
+    return s, ratio
+
+
+def overlap_fraction(hr: Grid, target: RasterInfo) -> float:
+    """Share of the HR grid's area inside the target's footprint (bounding boxes in the HR CRS)."""
+    tb = target.grid.bounds
+    if target.grid.crs != hr.crs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            tb = transform_bounds(target.grid.crs, hr.crs, *tb, densify_pts=21)
+    hb = hr.bounds
+    w = min(hb[2], tb[2]) - max(hb[0], tb[0])
+    h = min(hb[3], tb[3]) - max(hb[1], tb[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return (w * h) / ((hb[2] - hb[0]) * (hb[3] - hb[1]))
+
+
+def check_overlap(hr: Grid, rgb_path: str, target: RasterInfo) -> float:
+    f = overlap_fraction(hr, target)
+    if f <= 0.0:
+        raise InvalidInput(f"target file {target.path}: footprint does not overlap the RGB {rgb_path}")
+    if f < LOW_OVERLAP:
+        warnings.warn(
+            f"target file {target.path}: covers only {100 * f:.1f}% of the RGB {rgb_path}", InputWarning, stacklevel=2
+        )
+    return f
+
+
+def _strip_rows(width: int, bands: int, itemsize: int = 4) -> int:
+    return max(1, STRIP_BYTES // max(1, width * bands * itemsize))
+
+
+@dataclass(frozen=True)
+class Resampled:
+    path: str
+    resampling: str  # "copy", "average" or "bilinear"
+
+
+def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path: str) -> Resampled:
+    """Write the target's ``bands`` on the LR grid as float32 (NaN nodata, scale/offset applied).
+
+    Exact copy when the target already lies on the LR grid (or a grid aligned to it); else GDAL
+    warp, ``average`` when coarsening, ``bilinear`` otherwise, XSCALE/YSCALE pinned to the
+    survey-wide ratio so the strip-wise warp equals a one-shot warp. Atomic (temp + rename).
+    """
+    tx, ty = res_in(target, lr.crs)
+    lx, ly = lr.res
+    offset = target.grid.offset_in(lr)
+    mode = "copy" if offset is not None else ("average" if (tx * ty) < (lx * ly) * (1 - 1e-6) else "bilinear")
+    profile = dict(
+        driver="GTiff", width=lr.width, height=lr.height, count=len(bands), dtype="float32",
+        crs=lr.crs or None, transform=lr.affine, nodata=float("nan"), tiled=True,
+        blockxsize=256, blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+    )
+    d = os.path.dirname(dst_path)
+    fd, tmp = tempfile.mkstemp(prefix=".target_lr.", suffix=".tif", dir=d)
+    os.close(fd)
+    rows = _strip_rows(lr.width, len(bands)) // 256 * 256 or 256
+    nodata = target.nodata
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(target.path) as src, rasterio.open(tmp, "w", **profile) as dst:
+                for r0 in range(0, lr.height, rows):
+                    win = Window(r0, 0, min(rows, lr.height - r0), lr.width)
+                    out = np.full((len(bands), win.height, win.width), np.nan, dtype=np.float32)
+                    for i, b in enumerate(bands):
+                        if mode == "copy":
+                            assert offset is not None
+                            want = Window(win.row - offset[0], win.col - offset[1], win.height, win.width)
+                            part = want.intersect(target.grid.full_window)
+                            if part is None:
+                                continue
+                            a = src.read(b, window=((part.row, part.row_end), (part.col, part.col_end))).astype(np.float64)
+                            if nodata is not None:
+                                a[a == nodata] = np.nan
+                            a = a * target.scales[b - 1] + target.offsets[b - 1]
+                            out[i, part.row - want.row : part.row_end - want.row,
+                                part.col - want.col : part.col_end - want.col] = a
+                        else:
+                            dst_arr = np.full((win.height, win.width), np.nan, dtype=np.float32)
+                            reproject(
+                                source=rasterio.band(src, b), destination=dst_arr,
+                                src_crs=target.grid.crs, src_transform=target.grid.affine,
+                                src_nodata=nodata, dst_transform=lr.window_transform(win),
+                                dst_crs=lr.crs, dst_nodata=float("nan"),
+                                resampling=Resampling[mode], init_dest_nodata=True,
+                                XSCALE=min(1.0, tx / lx), YSCALE=min(1.0, ty / ly),
+                            )
+                            out[i] = dst_arr * np.float32(target.scales[b - 1]) + np.float32(target.offsets[b - 1])
+                    dst.write(out, window=((win.row, win.row_end), (win.col, win.col_end)))
+                for i, b in enumerate(bands):
+                    dst.set_band_description(i + 1, target.descriptions[b - 1] or f"band {b}")
+                    if target.units[b - 1]:
+                        dst.set_band_unit(i + 1, target.units[b - 1])
+        os.replace(tmp, dst_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return Resampled(dst_path, mode)
+
+
+@dataclass(frozen=True)
+class SurveyStats:
+    target_range: tuple[tuple[float, float], ...]  # per target band, robust (lo, hi)
+    guide_range: tuple[tuple[float, float], ...]  # per guide band
+    valid_fractions: tuple[float, ...]  # per tile of the plan
+    target_valid_pixels: int
+
+
+def survey_stats(
+    plan: TilePlan, target_lr: str, guide: RasterInfo, guide_bands: tuple[int, ...],
+    percentiles: tuple[float, float], max_samples: int = 2_000_000,
+) -> SurveyStats:
+    """One strip-wise pass over the LR target and a decimated RGB: survey-level robust ranges
+    and each tile core's valid share (target valid and RGB valid, sampled on the LR grid)."""
+    from .rasters import validity
+
+    s, lr, hr = plan.scale, plan.lr_grid, plan.hr_grid
+    t_lr = plan.tile_size // s  # LR rows per tile row
+    counts = np.zeros((plan.n_rows, plan.n_cols), dtype=np.int64)
+    total = np.zeros((plan.n_rows, plan.n_cols), dtype=np.int64)
+    n_lr = lr.height * lr.width
+    step = max(1, int(math.sqrt(n_lr / max_samples)))  # subsample stride for the percentiles
+    t_samples: list[np.ndarray] = []
+    g_samples: list[np.ndarray] = []
+    read_bands = guide_bands + ((guide.alpha_band,) if guide.alpha_band else ())
+    n_valid = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(target_lr) as tds, rasterio.open(guide.path) as gds:
+            for tr in range(plan.n_rows):
+                r0 = tr * t_lr
+                rows = min(t_lr, lr.height - r0)
+                t = tds.read(window=((r0, r0 + rows), (0, lr.width))).astype(np.float32)
+                tvalid = ~np.any(np.isnan(t), axis=0)
+                # the RGB sampled at LR pixel centres (nearest), only the part inside the RGB
+                hr_r0, hr_r1 = r0 * s, min(hr.height, (r0 + rows) * s)
+                g_rows = -(-(hr_r1 - hr_r0) // s)
+                g_cols = -(-hr.width // s)
+                g = gds.read(
+                    read_bands, window=((hr_r0, hr_r1), (0, hr.width)), out_shape=(len(read_bands), g_rows, g_cols),
+                    resampling=Resampling.nearest,
+                ).astype(np.float32)
+                gvalid = np.zeros_like(tvalid)
+                gvalid[:g_rows, :g_cols] = validity(g, guide, read_bands)
+                valid = tvalid & gvalid
+                n_valid += int(tvalid.sum())
+                # per-tile counts over the cores' LR pixels (inside the HR grid only)
+                inside = np.zeros_like(tvalid)
+                inside[:g_rows, :g_cols] = True
+                for tc in range(plan.n_cols):
+                    c0, c1 = tc * t_lr, min((tc + 1) * t_lr, lr.width)
+                    counts[tr, tc] = int(valid[:, c0:c1].sum())
+                    total[tr, tc] = int(inside[:, c0:c1].sum())
+                sub = (slice(None), slice((-r0) % step, None, step), slice(0, None, step))
+                tv = tvalid[sub[1:]]
+                t_samples.append(t[sub][:, tv])
+                gv = gvalid[sub[1:]]
+                gs = g[(slice(None),) + sub[1:]][: len(guide_bands)]
+                gs = gs[:, gv[: gs.shape[1], : gs.shape[2]]] if gs.size else gs.reshape(len(guide_bands), 0)
+                g_samples.append(gs)
+    if n_valid == 0:
+        raise InvalidInput("target file: has no valid pixels over the RGB (all nodata)")
+    ts = np.concatenate(t_samples, axis=1)
+    gs = np.concatenate(g_samples, axis=1)
+    lo, hi = percentiles
+    trange = tuple(_robust_range(ts[i], lo, hi) for i in range(ts.shape[0]))
+    grange = tuple(_robust_range(gs[i], lo, hi) for i in range(gs.shape[0])) if gs.shape[1] else tuple(
+        (0.0, 1.0) for _ in guide_bands
+    )
+    fractions = tuple(float(c / t) if t else 0.0 for c, t in zip(counts.ravel(), total.ravel()))
+    return SurveyStats(trange, grange, fractions, n_valid)
+
+
+def _robust_range(v: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (0.0, 1.0)
+    a, b = (float(x) for x in np.percentile(v, [lo, hi]))
+    if not b > a:
+        a, b = float(v.min()), float(v.max())
+        if not b > a:
+            b = a + 1.0
+    return (a, b)

@@ -1,0 +1,204 @@
+"""Stitching tile results by windows, the Cloud-Optimized GeoTIFF, and the quick-look PNG.
+
+Why by windows: the output of a large survey never exists as one array; each tile's core (or
+its feathered neighbourhood) is written into a tiled GeoTIFF block by block, and GDAL's COG
+driver then writes the final file (overviews included) from that, also blockwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.enums import Resampling
+
+from .grid import Grid, Window
+from .plan import TilePlan, TileSpec
+
+COMPRESSIONS = ("deflate", "zstd")
+
+
+def create_stitch_target(path: str, grid: Grid, count: int, descriptions: list[str], units: list[str]) -> None:
+    """An empty tiled float32 GeoTIFF on ``grid`` (NaN nodata) to write tile cores into."""
+    profile = dict(
+        driver="GTiff", width=grid.width, height=grid.height, count=count, dtype="float32",
+        crs=grid.crs or None, transform=grid.affine, nodata=float("nan"), tiled=True,
+        blockxsize=512, blockysize=512, compress="zstd", zstd_level=1, predictor=3,
+        BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        for i in range(count):
+            dst.set_band_description(i + 1, descriptions[i])
+            if units[i]:
+                dst.set_band_unit(i + 1, units[i])
+
+
+def raised_cosine(n: int, start: int, core_start: int, core_end: int, halo: int) -> np.ndarray:
+    """1-D feather weights for pixels ``start .. start+n`` of a tile whose core is
+    ``[core_start, core_end)``: 1 inside, raised-cosine ramps over ``core edge +- halo``.
+    Ramps of two neighbours sum to exactly 1 (a partition of unity across the seam)."""
+    p = np.arange(start, start + n, dtype=np.float64) + 0.5
+    w = np.ones(n, dtype=np.float64)
+    if halo <= 0:
+        return ((p >= core_start) & (p < core_end)).astype(np.float64)
+    up = np.clip((p - (core_start - halo)) / (2 * halo), 0.0, 1.0)
+    down = np.clip(((core_end + halo) - p) / (2 * halo), 0.0, 1.0)
+    w *= 0.5 - 0.5 * np.cos(np.pi * up)
+    w *= 0.5 - 0.5 * np.cos(np.pi * down)
+    return w
+
+
+def stitch(
+    plan: TilePlan, dst_path: str, load: Callable[[int], np.ndarray | None], mode: str, count: int
+) -> None:
+    """Write every tile's contribution into ``dst_path`` (made by ``create_stitch_target``).
+
+    ``load(index)`` returns the tile's (B, h, w) float32 result over its read window, or None
+    for a skipped tile. ``mode="core"``: each core written as is (one owner per pixel);
+    ``mode="feather"``: each core block is the weighted mean of all tiles whose read window
+    covers it, with raised-cosine weights over the overlaps.
+    """
+    if mode not in ("core", "feather"):
+        raise ValueError(f"stitch mode {mode!r}: expected 'core' or 'feather'")
+    T, h = plan.tile_size, plan.halo
+    with rasterio.open(dst_path, "r+") as dst:
+        for t in plan.tiles:
+            core = t.core
+            if mode == "core" or h == 0:
+                block = _core_of(t, load(t.index), count)
+            else:
+                num = np.zeros((count, core.height, core.width), dtype=np.float64)
+                den = np.zeros((count, core.height, core.width), dtype=np.float64)
+                for j in [t.index] + plan.neighbours(t.index):
+                    n = plan.tiles[j]
+                    part = n.read.intersect(core)
+                    if part is None:
+                        continue
+                    data = load(j)
+                    if data is None:
+                        continue
+                    v = data[:, part.row - n.read.row : part.row_end - n.read.row,
+                             part.col - n.read.col : part.col_end - n.read.col].astype(np.float64)
+                    wr = raised_cosine(part.height, part.row, n.row * T, n.row * T + T, h)
+                    wc = raised_cosine(part.width, part.col, n.col * T, n.col * T + T, h)
+                    w = np.broadcast_to(wr[:, None] * wc[None, :], v.shape)
+                    ok = np.isfinite(v) & (w > 0)
+                    sl = (slice(None), slice(part.row - core.row, part.row_end - core.row),
+                          slice(part.col - core.col, part.col_end - core.col))
+                    num[sl] += np.where(ok, v * w, 0.0)
+                    den[sl] += np.where(ok, w, 0.0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    block = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan).astype(np.float32)
+                # a pixel the owning tile marked nodata stays nodata (masks are not blended away)
+                own = _core_of(t, load(t.index), count)
+                block[~np.isfinite(own)] = np.nan
+            dst.write(block, window=((core.row, core.row_end), (core.col, core.col_end)))
+
+
+def _core_of(t: TileSpec, data: np.ndarray | None, count: int) -> np.ndarray:
+    if data is None:
+        return np.full((count, t.core.height, t.core.width), np.nan, dtype=np.float32)
+    r, c = t.core.row - t.read.row, t.core.col - t.read.col
+    return np.ascontiguousarray(data[:, r : r + t.core.height, c : c + t.core.width], dtype=np.float32)
+
+
+def write_cog(src_path: str, out_path: str, tags: Mapping[str, str], compress: str = "deflate") -> None:
+    """Cloud-Optimized GeoTIFF from ``src_path``: float32, DEFLATE/ZSTD + predictor 3, 512 blocks,
+    NaN nodata, ``average`` overviews, tags added. Written to a temp name, then renamed."""
+    if compress.lower() not in COMPRESSIONS:
+        raise ValueError(f"compress {compress!r}: expected one of {COMPRESSIONS}")
+    with rasterio.open(src_path, "r+") as src:
+        src.update_tags(**{k: str(v) for k, v in tags.items()})
+    d = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".tmp.tif", dir=d)
+    os.close(fd)
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_TIFF_INTERNAL_MASK="YES"):
+            rasterio.shutil.copy(
+                src_path, tmp, driver="COG", COMPRESS=compress.upper(), PREDICTOR="3", BLOCKSIZE="512",
+                OVERVIEW_RESAMPLING="AVERAGE", OVERVIEWS="AUTO", BIGTIFF="IF_SAFER",
+            )
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_decimated(path: str, bands: list[int], size: tuple[int, int], resampling: Resampling,
+                   window: Window | None = None) -> np.ndarray:
+    """(B, h, w) float32 of ``path`` resampled to ``size`` (uses overviews when present)."""
+    with rasterio.open(path) as ds:
+        w = None if window is None else ((window.row, window.row_end), (window.col, window.col_end))
+        a = ds.read(bands, window=w, out_shape=(len(bands),) + size, resampling=resampling,
+                    masked=True, boundless=False)
+        return np.ma.filled(a.astype(np.float32), np.nan)
+
+
+def quicklook_size(grid: Grid, max_side: int = 600) -> tuple[int, int]:
+    f = min(1.0, max_side / max(grid.height, grid.width))
+    return (max(1, int(round(grid.height * f))), max(1, int(round(grid.width * f))))
+
+
+def to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear stretch of ``a`` to 0..255 with ``[lo, hi]``; NaN becomes 0."""
+    x = (np.nan_to_num(a, nan=lo) - lo) / max(hi - lo, 1e-12)
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+#: a perceptually ordered colour ramp (inferno-like, 9 anchors) for single-band panels
+_RAMP = np.array([
+    [0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+    [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164],
+], dtype=np.float64)
+
+
+def colorize(u8: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    x = u8.astype(np.float64) / 255.0 * (len(_RAMP) - 1)
+    i = np.clip(np.floor(x).astype(int), 0, len(_RAMP) - 2)
+    f = (x - i)[..., None]
+    rgb = _RAMP[i] * (1 - f) + _RAMP[i + 1] * f
+    rgb[nodata] = 128.0
+    return np.round(rgb).astype(np.uint8)
+
+
+def write_quicklook(path: str, panels: list[np.ndarray], labels: list[str]) -> None:
+    """Side-by-side (H, W, 3) uint8 panels with a 4-px gap, as PNG (atomic)."""
+    from PIL import Image, ImageDraw
+
+    h = max(p.shape[0] for p in panels)
+    gap = 4
+    W = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    canvas = np.full((h + 14, W, 3), 255, dtype=np.uint8)
+    x = 0
+    for p in panels:
+        canvas[14 : 14 + p.shape[0], x : x + p.shape[1]] = p
+        x += p.shape[1] + gap
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    x = 0
+    for p, lab in zip(panels, labels):
+        draw.text((x + 2, 1), lab, fill=(0, 0, 0))
+        x += p.shape[1] + gap
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".quicklook.", suffix=".png", dir=d)
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def area_pool(a: np.ndarray, s: int) -> np.ndarray:
+    """Mean over s x s blocks of (..., H, W) with H, W multiples of s (NaN propagates)."""
+    H, W = a.shape[-2:]
+    return a.reshape(*a.shape[:-2], H // s, s, W // s, s).mean(axis=(-3, -1))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

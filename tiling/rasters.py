@@ -1,0 +1,204 @@
+"""Inspecting inputs and windowed, boundless reading through lazily opened dask-backed arrays.
+
+Why lazy: a drone survey's RGB orthomosaic is many GB. Each worker opens the mosaic as a
+dask-backed ``xarray.DataArray`` (chunks aligned to the file's internal blocks), slices its
+tile window with ``isel`` and computes only that; no process ever holds the full mosaic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from .errors import InvalidInput
+from .grid import Grid, Window, crs_string
+
+#: target chunk edge for the dask arrays (rounded to a multiple of the file's block size)
+CHUNK_PIXELS = 2048
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipeline needs to know about an input file (no pixel data)."""
+
+    path: str
+    grid: Grid
+    count: int
+    dtype: str
+    nodata: float | None
+    alpha_band: int | None  # 1-based band index of an alpha band, if any
+    block_shape: tuple[int, int]
+    descriptions: tuple[str, ...]
+    units: tuple[str, ...]
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+
+    @property
+    def color_bands(self) -> tuple[int, ...]:
+        """1-based indexes of the bands that are not alpha."""
+        return tuple(b for b in range(1, self.count + 1) if b != self.alpha_band)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["grid"] = self.grid.to_dict()
+        d["nodata"] = _json_float(self.nodata)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RasterInfo":
+        return cls(
+            path=d["path"], grid=Grid.from_dict(d["grid"]), count=int(d["count"]), dtype=d["dtype"],
+            nodata=_unjson_float(d["nodata"]), alpha_band=d["alpha_band"],
+            block_shape=tuple(d["block_shape"]), descriptions=tuple(d["descriptions"]),  # type: ignore[arg-type]
+            units=tuple(d["units"]), scales=tuple(d["scales"]), offsets=tuple(d["offsets"]),
+        )
+
+
+def _json_float(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if np.isnan(x):
+        return "nan"
+    return float(x)
+
+
+def _unjson_float(x: float | str | None) -> float | None:
+    if x is None:
+        return None
+    return float("nan") if x == "nan" else float(x)
+
+
+def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
+    """Open ``path`` (metadata only) or raise InvalidInput naming the file and the problem."""
+    if not os.path.exists(path):
+        raise InvalidInput(f"{role} file {path}: does not exist")
+    if not os.path.isfile(path):
+        raise InvalidInput(f"{role} file {path}: is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise InvalidInput(f"{role} file {path}: is not readable (permission denied)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                crs = crs_string(ds.crs)
+                if not crs:
+                    if not assume_crs:
+                        raise InvalidInput(
+                            f"{role} file {path}: has no CRS (GDAL finds no georeferencing CRS); "
+                            "if you know it, pass --assume-crs EPSG:N"
+                        )
+                    try:
+                        crs = crs_string(assume_crs)
+                    except Exception as exc:  # rasterio raises CRSError with a long message
+                        raise InvalidInput(f"--assume-crs {assume_crs!r}: not a CRS ({exc})") from None
+                if ds.transform.is_identity:
+                    raise InvalidInput(f"{role} file {path}: has no geotransform (not a georeferenced raster)")
+                alpha = next(
+                    (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
+                )
+                info = RasterInfo(
+                    path=os.path.abspath(path),
+                    grid=Grid.from_affine(ds.height, ds.width, ds.transform, crs),
+                    count=ds.count,
+                    dtype=ds.dtypes[0],
+                    nodata=None if ds.nodata is None else float(ds.nodata),
+                    alpha_band=alpha,
+                    block_shape=tuple(ds.block_shapes[0]),  # type: ignore[arg-type]
+                    descriptions=tuple(d or "" for d in ds.descriptions),
+                    units=tuple(u or "" for u in ds.units),
+                    scales=tuple(float(s) for s in ds.scales),
+                    offsets=tuple(float(o) for o in ds.offsets),
+                )
+    except InvalidInput:
+        raise
+    except (RasterioIOError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInput(f"{role} file {path}: not a readable raster ({first})") from None
+    return info
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunks_for(block_shape: tuple[int, int], target: int = CHUNK_PIXELS) -> dict[str, int]:
+    """dask chunks that are whole multiples of the file's internal blocks, about ``target`` px."""
+    by, bx = (max(1, int(b)) for b in block_shape)
+    return {"band": -1, "y": by * max(1, round(target / by)), "x": bx * max(1, round(target / bx))}
+
+
+def open_lazy(path: str, block_shape: tuple[int, int]):
+    """The file as a lazy dask-backed DataArray (band, y, x), raw values (no masking)."""
+    import rioxarray  # noqa: F401 - registers the engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rioxarray.open_rasterio(path, chunks=chunks_for(block_shape), lock=False, cache=False, masked=False)
+
+
+def read_window(
+    lazy, window: Window, bands: tuple[int, ...], pad: str = "symmetric"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boundless read of ``window`` of 1-based ``bands`` from a lazy (band, y, x) array.
+
+    Returns (data (B, h, w) float32, inside (h, w) bool). Pixels outside the raster are filled
+    by mirroring the inside (``pad="symmetric"``, so a tile model sees plausible context at the
+    mosaic's edge) or NaN (``pad="nan"``); ``inside`` says which pixels are real.
+    Computed here, in the calling process, with the synchronous scheduler.
+    """
+    H, W = int(lazy.sizes["y"]), int(lazy.sizes["x"])
+    out = np.full((len(bands), window.height, window.width), np.nan, dtype=np.float32)
+    inside = np.zeros((window.height, window.width), dtype=bool)
+    part = window.intersect(Window(0, 0, H, W))
+    if part is None:
+        return out, inside
+    sub = lazy.isel(
+        band=[b - 1 for b in bands],
+        y=slice(part.row, part.row_end),
+        x=slice(part.col, part.col_end),
+    )
+    arr = np.asarray(sub.compute(scheduler="synchronous").values, dtype=np.float32)
+    r0, c0 = part.row - window.row, part.col - window.col
+    inside[r0 : r0 + part.height, c0 : c0 + part.width] = True
+    if pad == "symmetric" and part != window:
+        widths = ((0, 0), (r0, window.height - r0 - part.height), (c0, window.width - c0 - part.width))
+        out[:] = _pad_symmetric(arr, widths)
+    else:
+        out[:, r0 : r0 + part.height, c0 : c0 + part.width] = arr
+    return out, inside
+
+
+def _pad_symmetric(arr: np.ndarray, widths) -> np.ndarray:
+    """np.pad symmetric that also works when a pad is wider than the data (repeats the mirror)."""
+    while any(
+        w > n for (lo, hi), n in zip(widths[1:], arr.shape[1:]) for w in (lo, hi)
+    ):
+        step = tuple(
+            (0, 0) if i == 0 else (min(lo, arr.shape[i]), min(hi, arr.shape[i]))
+            for i, (lo, hi) in enumerate(widths)
+        )
+        arr = np.pad(arr, step, mode="symmetric")
+        widths = tuple((lo - s0, hi - s1) for (lo, hi), (s0, s1) in zip(widths, step))
+    return np.pad(arr, widths, mode="symmetric")
+
+
+def validity(data: np.ndarray, info: RasterInfo, bands: tuple[int, ...]) -> np.ndarray:
+    """(h, w) bool: pixels that carry data (alpha > 0, not all bands nodata, no NaN)."""
+    valid = ~np.any(np.isnan(data), axis=0)
+    if info.alpha_band is not None and info.alpha_band in bands:
+        valid &= data[bands.index(info.alpha_band)] > 0
+    colour = [i for i, b in enumerate(bands) if b != info.alpha_band]
+    if info.nodata is not None and not np.isnan(info.nodata) and colour:
+        valid &= ~np.all(data[colour] == np.float32(info.nodata), axis=0)
+    return valid
