@@ -1,0 +1,188 @@
+"""Hyper-parameters of the CMSR core, one frozen dataclass with named presets.
+
+Why one object: the same numbers drive training, inference, the CLI, the benchmarks and the
+batched/tiled pipelines, and a frozen dataclass can be hashed, logged and ``replace``-d for
+ablations (``use_guide=False`` is pure ZSSR, ``use_warp=False`` is CMSR without the internal
+transformer). Defaults are the paper's / official code's settings (camillarhodes/CMSR,
+branch ``experimental``: ``THERMAL_IMAGES_CONF`` on top of ZSSR's ``Config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class CMSRConfig:
+    """Every knob of internal training and inference. Field docs say what and why."""
+
+    # --- degradation / scale schedule -------------------------------------------------------
+    degradation: Literal["bicubic", "area"] = "bicubic"
+    """How an LR pixel is made from HR: MATLAB antialiased bicubic (the paper's benchmark protocol)
+    or the mean over each s x s block (what a thermal pixel measures). Used for the son, for
+    back-projection and for the reconstruction check."""
+    gradual: bool = True
+    """Train coarse-to-fine: for x4 a x2 stage then a x4 stage (official thermal config), the
+    network and the warp carried over and each stage's output added to the father sources."""
+    scale_schedule: tuple[int, ...] | None = None
+    """Explicit stage factors (relative to the LR, increasing, last == scale). None: automatic,
+    see :func:`stage_factors` (powers of two below ``scale``, then ``scale``)."""
+
+    # --- network ----------------------------------------------------------------------------
+    sr_depth: int = 8
+    """Conv layers of F_sr (ZSSR's net): 3x3, ReLU between, no biases."""
+    sr_width: int = 64
+    """Channels of F_sr's hidden layers."""
+    guide_depth: int = 4
+    """Layers of the guide branch F_g: (depth-1) 3x3 convs then one 1x1 conv to one channel."""
+    guide_width: int = 16
+    """Channels of F_g's hidden layers."""
+    init_variance: float = 0.1
+    """Weights ~ N(0, init_variance / fan_in) (ZSSR ``init_variance``), small because the net
+    learns a residual over the bicubic upsampling."""
+
+    # --- ablations --------------------------------------------------------------------------
+    use_guide: bool = True
+    """False: pure ZSSR (no guide branch, no warp)."""
+    use_warp: bool = True
+    """False: the guide is used as given (no internal transformer)."""
+
+    # --- internal transformer (warp) --------------------------------------------------------
+    svf_grid: int = 5
+    """Control nodes per side of the mid-scale stationary velocity field (a 4x4 tessellation has
+    5x5 vertices, as the paper's CPAB ``ncx = ncy = 4``)."""
+    svf_integration_grid: int = 33
+    """Side of the dense grid on which the velocity is integrated by scaling-and-squaring."""
+    svf_squarings: int = 6
+    """Scaling-and-squaring steps (the field is divided by 2**steps and composed with itself)."""
+    tps_grid: int = 8
+    """Thin-plate-spline control points per side (8x8)."""
+    lr_ratio_affine: float = 1.0
+    """Learning-rate multiplier of the global affine level."""
+    lr_ratio_svf: float = 1.0
+    """Learning-rate multiplier of the mid-scale diffeomorphic level."""
+    lr_ratio_tps: float = 0.2
+    """Learning-rate multiplier of the fine TPS level (keeps it tame: no deformation loss)."""
+    lr_ratio_guide: float = 1.0
+    """Learning-rate multiplier of the guide branch F_g."""
+
+    # --- father/son sampling ----------------------------------------------------------------
+    crop_size: int = 48
+    """Father crop side (rounded up to a multiple of the stage factor, capped by the source)."""
+    augment_leave_as_is_probability: float = 0.05
+    """Probability of a plain integer crop."""
+    augment_no_interpolate_probability: float = 0.45
+    """Probability of a 90-degree rotation / flip with an integer crop (no interpolation)."""
+    augment_min_scale: float = 0.5
+    """Smallest zoom of an interpolated (affine) father."""
+    augment_scale_diff_sigma: float = 0.25
+    """Std of the x/y anisotropy of an affine father."""
+    augment_shear_sigma: float = 0.1
+    """Std of the shear of an affine father."""
+    augment_allow_rotation: bool = True
+    """Allow arbitrary rotations and reflections of affine fathers."""
+    guide_train_sampling: Literal["point", "area"] = "point"
+    """How the deformed guide is sampled at a father's resolution. ``point``: bilinear point
+    samples of the full-resolution guide (what the official code's ``tf.contrib.image.transform``
+    does, aliased at x4); ``area``: bilinear samples of the guide first resized (antialiased) to the
+    father source's resolution, so that it looks at training time as it does at test time."""
+
+    # --- optimisation -----------------------------------------------------------------------
+    learning_rate: float = 1e-4
+    """Adam's initial learning rate (batch 1)."""
+    max_iters: int = 800
+    """Iteration cap per stage."""
+    min_iters: int = 256
+    """No learning-rate drop within this many iterations of the previous one (ZSSR ``min_iters``)."""
+    min_learning_rate: float = 9e-6
+    """Stop a stage once the learning rate falls below this."""
+    run_test_every: int = 20
+    """Reconstruction-error check period (iterations)."""
+    lr_policy_check_every: int = 60
+    """Learning-rate policy period (iterations)."""
+    lr_slope_points: int = 12
+    """How many recent reconstruction errors the line is fitted to (ZSSR: 256 / 20)."""
+    lr_change_ratio: float = 1.5
+    """Drop the learning rate when ``-ratio * slope < std(slope)`` (slope not clearly negative)."""
+
+    # --- inference --------------------------------------------------------------------------
+    self_ensemble: bool = True
+    """8-way geometric self-ensemble (4 rotations x flip), pixel-wise median."""
+    back_projection_rounds: int = 6
+    """Back-projection rounds ``y += up(x - down(y))`` on every ensemble member and on the median,
+    after each stage, with the configured degradation."""
+
+    # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.degradation not in ("bicubic", "area"):
+            raise ValueError(f"degradation must be 'bicubic' or 'area', got {self.degradation!r}")
+        if self.guide_train_sampling not in ("point", "area"):
+            raise ValueError(f"guide_train_sampling must be 'point' or 'area', got {self.guide_train_sampling!r}")
+        if self.sr_depth < 2 or self.guide_depth < 2:
+            raise ValueError("sr_depth and guide_depth must be at least 2")
+        if self.max_iters < 1 or self.crop_size < 8:
+            raise ValueError("max_iters must be >= 1 and crop_size >= 8")
+
+    def stage_factors(self, scale: int) -> tuple[int, ...]:
+        """The stage factors used for ``scale``.
+
+        Gradual: powers of two below ``scale``, then ``scale`` itself (x4 -> 2, 4; x8 -> 2, 4, 8;
+        x3 -> 2, 3; x6 -> 2, 4, 6). Every stage maps the original LR straight to its own grid, so
+        a non-power-of-two last step is as valid as the paper's x2 -> x4; the earlier outputs only
+        serve as extra (larger) father sources.
+        """
+        if self.scale_schedule is not None:
+            sched = tuple(int(f) for f in self.scale_schedule)
+            if not sched or sched[-1] != scale or any(b <= a for a, b in zip(sched, sched[1:])) or sched[0] < 2:
+                raise ValueError(f"scale_schedule {sched} must increase from >= 2 and end at scale {scale}")
+            return sched
+        if not self.gradual or scale <= 2:
+            return (int(scale),)
+        out: list[int] = []
+        f = 2
+        while f < scale:
+            out.append(f)
+            f *= 2
+        out.append(int(scale))
+        return tuple(out)
+
+    # --- presets ----------------------------------------------------------------------------
+    @classmethod
+    def paper(cls) -> "CMSRConfig":
+        """The official thermal configuration, as close as this implementation gets."""
+        return cls()
+
+    @classmethod
+    def fast(cls) -> "CMSRConfig":
+        """Interactive setting: one stage, at most 300 iterations, earlier lr drops, 4-way ensemble
+        replaced by the full 8 (cheap at inference), antialiased guide sampling."""
+        return cls(
+            gradual=False,
+            max_iters=300,
+            min_iters=100,
+            guide_train_sampling="area",
+        )
+
+    @classmethod
+    def best(cls) -> "CMSRConfig":
+        """Measured deviations from the paper that win on the dev pairs (see benchmarks/RESULTS.md)."""
+        return cls(guide_train_sampling="area")
+
+    @classmethod
+    def preset(cls, name: str) -> "CMSRConfig":
+        """Preset by name: ``paper`` | ``fast`` | ``best``."""
+        presets = {"paper": cls.paper, "fast": cls.fast, "best": cls.best}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r} (expected one of {sorted(presets)})")
+        return presets[name]()
+
+    def replace(self, **changes: object) -> "CMSRConfig":
+        """``dataclasses.replace`` shortcut (ablations, budget overrides)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: tuple[str, ...] = ("paper", "fast", "best")
+DEFAULT_PRESET: str = "best"
+"""The CLI default preset name."""
