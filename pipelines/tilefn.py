@@ -45,7 +45,7 @@ def core_tile_fn(target: np.ndarray, guide: np.ndarray, scale: int, ctx: TileCon
     """``cmsr.run`` with the job's method, config, seed, device and survey-level ranges."""
     import cmsr
 
-    cfg = cmsr_config(ctx.config) if ctx.config.method in ("cmsr", "zssr") else None
+    cfg = cmsr_config(ctx.config)  # also for bp/guided: they use its degradation model
     res = cmsr.run(
         target, guide, scale, cfg, method=ctx.config.method, seed=ctx.seed, device=ctx.config.device,
         target_range=ctx.target_range, guide_range=np.asarray(ctx.guide_range, dtype=np.float64),

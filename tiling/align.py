@@ -135,7 +135,7 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
     fd, tmp = tempfile.mkstemp(prefix=".target_lr.", suffix=".tif", dir=d)
     os.close(fd)
     rows = _strip_rows(lr.width, len(bands)) // 256 * 256 or 256
-    nodata = target.nodata
+    nodata = target.nodata_value
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -100,18 +100,18 @@ class Grid:
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) of the pixel corners."""
         t = self.affine
-        xs, ys = zip(*(t * (c, r) for r in (0, self.height) for c in (0, self.width)))
+        xs, ys = zip(*(t @ (c, r) for r in (0, self.height) for c in (0, self.width)))
         return (min(xs), min(ys), max(xs), max(ys))
 
     def window_transform(self, window: Window) -> Affine:
-        return self.affine * Affine.translation(window.col, window.row)
+        return self.affine @ Affine.translation(window.col, window.row)
 
     def zoom_out(self, s: int) -> "Grid":
         """The grid ``s`` times coarser with the same origin; covers this grid (ceil)."""
         if int(s) != s or s < 1:
             raise ValueError(f"zoom factor must be a positive integer, got {s!r}")
         s = int(s)
-        t = self.affine * Affine.scale(s)
+        t = self.affine @ Affine.scale(s)
         return Grid(-(-self.height // s), -(-self.width // s), (t.a, t.b, t.c, t.d, t.e, t.f), self.crs)
 
     def offset_in(self, other: "Grid") -> tuple[int, int] | None:
@@ -124,7 +124,7 @@ class Grid:
             for p, q in zip(self.transform[:2] + self.transform[3:5], other.transform[:2] + other.transform[3:5])
         ):
             return None
-        col, row = ~other.affine * (self.transform[2], self.transform[5])
+        col, row = ~other.affine @ (self.transform[2], self.transform[5])
         rc, cc = round(row), round(col)
         if abs(row - rc) > PIXEL_TOLERANCE or abs(col - cc) > PIXEL_TOLERANCE:
             return None

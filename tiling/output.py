@@ -60,7 +60,8 @@ def stitch(
     ``load(index)`` returns the tile's (B, h, w) float32 result over its read window, or None
     for a skipped tile. ``mode="core"``: each core written as is (one owner per pixel);
     ``mode="feather"``: each core block is the weighted mean of all tiles whose read window
-    covers it, with raised-cosine weights over the overlaps.
+    covers it, with raised-cosine weights over ``core edge +- halo/2``: the outer half of each
+    halo (where a tile model's own boundary effects live) never contributes.
     """
     if mode not in ("core", "feather"):
         raise ValueError(f"stitch mode {mode!r}: expected 'core' or 'feather'")
@@ -68,7 +69,7 @@ def stitch(
     with rasterio.open(dst_path, "r+") as dst:
         for t in plan.tiles:
             core = t.core
-            if mode == "core" or h == 0:
+            if mode == "core" or h < 2:
                 block = _core_of(t, load(t.index), count)
             else:
                 num = np.zeros((count, core.height, core.width), dtype=np.float64)
@@ -83,8 +84,8 @@ def stitch(
                         continue
                     v = data[:, part.row - n.read.row : part.row_end - n.read.row,
                              part.col - n.read.col : part.col_end - n.read.col].astype(np.float64)
-                    wr = raised_cosine(part.height, part.row, n.row * T, n.row * T + T, h)
-                    wc = raised_cosine(part.width, part.col, n.col * T, n.col * T + T, h)
+                    wr = raised_cosine(part.height, part.row, n.row * T, n.row * T + T, h // 2)
+                    wc = raised_cosine(part.width, part.col, n.col * T, n.col * T + T, h // 2)
                     w = np.broadcast_to(wr[:, None] * wc[None, :], v.shape)
                     ok = np.isfinite(v) & (w > 0)
                     sl = (slice(None), slice(part.row - core.row, part.row_end - core.row),

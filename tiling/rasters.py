@@ -32,13 +32,17 @@ class RasterInfo:
     grid: Grid
     count: int
     dtype: str
-    nodata: float | None
+    nodata: str | None  # repr of the declared nodata value ("nan", "255.0"), so NaN compares equal
     alpha_band: int | None  # 1-based band index of an alpha band, if any
     block_shape: tuple[int, int]
     descriptions: tuple[str, ...]
     units: tuple[str, ...]
     scales: tuple[float, ...]
     offsets: tuple[float, ...]
+
+    @property
+    def nodata_value(self) -> float | None:
+        return None if self.nodata is None else float(self.nodata)
 
     @property
     def color_bands(self) -> tuple[int, ...]:
@@ -48,31 +52,16 @@ class RasterInfo:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["grid"] = self.grid.to_dict()
-        d["nodata"] = _json_float(self.nodata)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RasterInfo":
         return cls(
             path=d["path"], grid=Grid.from_dict(d["grid"]), count=int(d["count"]), dtype=d["dtype"],
-            nodata=_unjson_float(d["nodata"]), alpha_band=d["alpha_band"],
+            nodata=d["nodata"], alpha_band=d["alpha_band"],
             block_shape=tuple(d["block_shape"]), descriptions=tuple(d["descriptions"]),  # type: ignore[arg-type]
             units=tuple(d["units"]), scales=tuple(d["scales"]), offsets=tuple(d["offsets"]),
         )
-
-
-def _json_float(x: float | None) -> float | str | None:
-    if x is None:
-        return None
-    if np.isnan(x):
-        return "nan"
-    return float(x)
-
-
-def _unjson_float(x: float | str | None) -> float | None:
-    if x is None:
-        return None
-    return float("nan") if x == "nan" else float(x)
 
 
 def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
@@ -108,7 +97,7 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
                     grid=Grid.from_affine(ds.height, ds.width, ds.transform, crs),
                     count=ds.count,
                     dtype=ds.dtypes[0],
-                    nodata=None if ds.nodata is None else float(ds.nodata),
+                    nodata=None if ds.nodata is None else repr(float(ds.nodata)),
                     alpha_band=alpha,
                     block_shape=tuple(ds.block_shapes[0]),  # type: ignore[arg-type]
                     descriptions=tuple(d or "" for d in ds.descriptions),
@@ -144,7 +133,8 @@ def open_lazy(path: str, block_shape: tuple[int, int]):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rioxarray.open_rasterio(path, chunks=chunks_for(block_shape), lock=False, cache=False, masked=False)
+        return rioxarray.open_rasterio(path, chunks=chunks_for(block_shape), lock=False, cache=False, masked=False,
+                                       parse_coordinates=False)
 
 
 def read_window(
@@ -199,6 +189,7 @@ def validity(data: np.ndarray, info: RasterInfo, bands: tuple[int, ...]) -> np.n
     if info.alpha_band is not None and info.alpha_band in bands:
         valid &= data[bands.index(info.alpha_band)] > 0
     colour = [i for i, b in enumerate(bands) if b != info.alpha_band]
-    if info.nodata is not None and not np.isnan(info.nodata) and colour:
-        valid &= ~np.all(data[colour] == np.float32(info.nodata), axis=0)
+    nd = info.nodata_value
+    if nd is not None and not np.isnan(nd) and colour:
+        valid &= ~np.all(data[colour] == np.float32(nd), axis=0)
     return valid
