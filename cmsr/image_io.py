@@ -85,7 +85,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any decoder error means "unreadable"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInput(f"{p}: cannot read image ({reason})") from exc
-    if arr.ndim not in (2, 3) or arr.size == 0:
+    if arr.size == 0:
+        raise InvalidInput(f"{p}: cannot read image (no image data)")
+    if arr.ndim not in (2, 3):
         raise InvalidInput(f"{p}: unsupported image shape {arr.shape}")
     return arr
 
