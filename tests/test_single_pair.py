@@ -84,3 +84,20 @@ def test_warp_drawing_is_an_image_of_the_field(tmp_path: Path) -> None:
     assert img.shape == (60, 164, 3)
     left = img[:, :80].astype(int)
     assert left[..., 0].mean() > 200 and left[..., 1].mean() < 10  # hue 0 (red) = pointing right
+
+
+@pytest.mark.slow
+def test_cmsr_with_save_warp_draws_the_learned_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmsr.config import CMSRConfig
+
+    tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False)
+    monkeypatch.setattr(CMSRConfig, "preset", classmethod(lambda cls, name: tiny))
+    lines: list[str] = []
+    out = run_single_pair(LR, GUIDE, tmp_path / "sr.png", 4, "cmsr", preset="fast",
+                          save_warp=tmp_path / "warp.png", echo=lines.append)
+    assert image_io.read_image(out.out_path).shape == (240, 320)
+    assert out.warp_path is not None and image_io.read_image(out.warp_path).shape == (240, 644, 3)
+    assert any("mean displacement" in line for line in lines)
+    nowarp = run_single_pair(LR, GUIDE, tmp_path / "sr2.png", 4, "cmsr", preset="fast", no_warp=True,
+                             save_warp=tmp_path / "warp2.png", echo=lines.append)
+    assert nowarp.warp_path is None and not (tmp_path / "warp2.png").exists()
