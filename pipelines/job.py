@@ -208,6 +208,12 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         caught.append(str(w.message))
         warnings.warn(str(w.message), InputWarning, stacklevel=2)
     s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale)
+    core_max = _core_max_scale(config)
+    if core_max is not None and s > core_max:
+        raise InvalidInput(
+            f"target file {tgt_info.path}: scale {s} is above what method {config.method!r} supports ({core_max}); "
+            "pass --scale N with a smaller N"
+        )
     geometry = tplan.make_plan(hr, s, config.tile_size, config.halo)
 
     try:
@@ -250,6 +256,17 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     )
     _atomic_write_text(job_path, json.dumps(job.to_dict(), indent=1))
     return job
+
+
+def _core_max_scale(config: JobConfig) -> int | None:
+    """The core's largest scale when tiles go through ``cmsr.run`` (None for custom functions)."""
+    if config.tile_fn is not None:
+        return None
+    try:
+        from cmsr.api import MAX_SCALE
+    except ImportError:
+        return None
+    return int(MAX_SCALE)
 
 
 @functools.lru_cache(maxsize=8)
@@ -335,11 +352,14 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
                                         tuple(range(1, len(job.target_bands) + 1)))
     out = np.empty((len(job.target_bands), spec.read.height, spec.read.width), dtype=np.float32)
     band_stats = []
+    fn_seconds = 0.0
     for b in range(len(job.target_bands)):
         ctx = tilefn.TileContext(job.config, job.target_range[b], job.guide_range, job.config.seed + index, index, b)
         t_valid = np.isfinite(lr[b])
         hr_valid = g_valid & np.repeat(np.repeat(t_valid, s, axis=0), s, axis=1)
+        tf = time.perf_counter()
         res = fn(lr[b], guide_hwc, s, ctx)
+        fn_seconds += time.perf_counter() - tf
         img, st = (res if isinstance(res, tuple) else (res, {}))
         img = np.asarray(img, dtype=np.float32)
         if img.shape != (spec.read.height, spec.read.width):
@@ -351,8 +371,10 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
         band_stats.append({**_consistency(img, lr[b], spec, s), **{k: v for k, v in st.items() if _small(v)}})
     os.makedirs(os.path.dirname(npy), exist_ok=True)
     _atomic_save_npy(npy, out)
-    stats = band_stats[0] if len(band_stats) == 1 else {"bands": band_stats}
-    result = TileResult(index, npy, False, False, time.perf_counter() - t0, spec.valid_fraction, stats)
+    stats = dict(band_stats[0]) if len(band_stats) == 1 else {"bands": band_stats}
+    seconds = time.perf_counter() - t0
+    stats["fn_seconds"] = fn_seconds  # the tile function; the rest of ``seconds`` is reading/writing
+    result = TileResult(index, npy, False, False, seconds, spec.valid_fraction, stats)
     _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}, default=_jsonable))
     return result
 

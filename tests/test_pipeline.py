@@ -186,3 +186,49 @@ def test_quicklook_and_report(s2, tmp_path):
     rep = json.load(open(o.report))
     assert rep["scale"] == 4 and rep["totals"]["tiles"] == 6 and rep["totals"]["processed"] == 6
     assert all("consistency_mae" in t["stats"] for t in rep["tiles"])
+
+
+def test_guided_tiles_score_what_whole_image_scores(s2, tmp_path):
+    """The core's guided filter per 64-px tile (survey-level ranges) == on the whole image."""
+    import cmsr
+
+    from pipelines.tilefn import cmsr_config
+
+    cfg = JobConfig(method="guided", tile_size=64, halo=16, quicklook=False)
+    o = pipelines.superresolve(s2["rgb"], s2["nir40"], str(tmp_path / "g.tif"), cfg)
+    out, _ = read(o.cog)
+    lr, _ = read(s2["nir40"])
+    rgb, _ = read(s2["rgb"])
+    gt, _ = read(s2["nir10"])
+    job = pipelines.load_job(str(tmp_path / "g.tif.work" / "job.json"))
+    whole = cmsr.run(lr[0], np.moveaxis(rgb, 0, -1), 4, cmsr_config(cfg), method="guided",
+                     target_range=job.target_range[0], guide_range=np.asarray(job.guide_range)).image
+    e_tiles, e_whole, e_bic = rmse(out[0], gt[0]), rmse(whole, gt[0]), rmse(whole_image_bicubic(lr[0], 4), gt[0])
+    assert abs(e_tiles - e_whole) < 0.01 * e_whole
+    assert e_tiles < 0.8 * e_bic  # the guide helps on this real pair
+    assert abs(seam_ratio(out[0], 64) - seam_ratio(whole, 64)) < 0.02
+
+
+TINY = (("max_iters", 10), ("min_iters", 5), ("sr_width", 16), ("sr_depth", 4), ("self_ensemble", False),
+        ("crop_size", 24), ("run_test_every", 5))
+
+
+@pytest.mark.slow
+def test_cmsr_method_tiny_budget_is_deterministic(tmp_path):
+    """One small job through the real CMSR training (tiny budget): runs, keeps the LR values
+    (area degradation + back-projection), and a tile re-run gives bit-identical results."""
+    l8 = DATA.parent / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
+    cfg = JobConfig(method="cmsr", preset="fast", tile_size=32, halo=8, cmsr_overrides=TINY, quicklook=False)
+    o = pipelines.superresolve(f"{l8}B8.TIF", f"{l8}B10.TIF", str(tmp_path / "c.tif"), cfg)
+    rep = json.load(open(o.report))
+    assert rep["totals"]["processed"] == 9
+    assert all(t["stats"]["iterations"] == 10 and t["stats"]["method"] == "cmsr" for t in rep["tiles"])
+    assert rep["totals"]["consistency_max"] < 0.01 * (rep["target_range"][0][1] - rep["target_range"][0][0])
+    _, meta = read(o.cog)
+    assert meta["tags"]["CMSR_PRESET"] == "fast" and meta["tags"]["CMSR_METHOD"] == "cmsr"
+    job = pipelines.load_job(str(tmp_path / "c.tif.work" / "job.json"))
+    first = np.load(job.tile_paths(4)[0])
+    os.unlink(job.tile_paths(4)[1])
+    again = pipelines.run_tile(job.job_path, 4)
+    assert not again.reused
+    np.testing.assert_array_equal(np.load(again.path), first)
