@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -153,6 +154,18 @@ def print_tables(summary: list[dict]) -> str:
     return text
 
 
+def _git_state() -> str:
+    """HEAD commit, plus '+dirty' when cmsr/ has uncommitted changes (numbers depend on them)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "cmsr"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=None, help="folders under shared/data/pairs (default: all)")
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows)
     meta = {"argv": sys.argv[1:] if argv is None else argv, "iters_cap": args.iters, "device": args.device,
             "threads": args.threads, "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "default_preset": cmsr.DEFAULT_PRESET}
+            "default_preset": cmsr.DEFAULT_PRESET, "git": _git_state()}
     (OUT / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows,
                                                        "table_markdown": text}, indent=1, default=str))
     return 0

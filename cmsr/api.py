@@ -72,8 +72,10 @@ def check_guide_size(guide_hw: tuple[int, int], target_hw: tuple[int, int], scal
 
     Sizes in messages are rows x columns.
     """
-    gh, gw = guide_hw
-    h, w = target_hw
+    gh, gw = (int(v) for v in guide_hw)
+    h, w = (int(v) for v in target_hw)
+    if min(gh, gw) < 1:
+        raise InvalidInput(f"guide size {gh}x{gw} is empty")
     want = (scale * h, scale * w)
     if (gh, gw) == want:
         return False
