@@ -243,9 +243,12 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     target_lr = os.path.join(work_dir, "target_lr.tif")
     resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
     try:
-        stats = align.survey_stats(geometry, target_lr, rgb_info, guide_bands, config.percentiles)
+        stats = align.survey_stats(geometry, target_lr, rgb_info, guide_bands, config.percentiles,
+                                   preview_size=output.quicklook_size(hr))
     except InvalidInput:
         raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
+    if stats.preview is not None:
+        _atomic_save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
     full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
     job = Job(
         key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
@@ -447,6 +450,7 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         return None if r.skipped or r.path is None else np.load(r.path, mmap_mode="r")
 
     output.stitch(job.plan, stitched, load, job.config.stitch, n)
+    t_stitch = time.perf_counter() - t0
     cfg = job.config
     tags = {
         "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
@@ -460,11 +464,12 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
     }
     output.write_cog(stitched, job.out, tags, cfg.compress)
     os.unlink(stitched)
+    t_cog = time.perf_counter() - t0 - t_stitch
     quick = None
     if cfg.quicklook:
         quick = job.quicklook_path
         write_job_quicklook(job, quick)
-    report = _report(job, all_results, time.perf_counter() - t0)
+    report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0})
     _atomic_write_text(job.report_path, json.dumps(report, indent=1, default=_jsonable))
     return JobOutputs(job.out, job.report_path, quick)
 
@@ -482,7 +487,7 @@ def _preset_name(cfg: JobConfig) -> str:
         return "default"
 
 
-def _report(job: Job, results: dict[int, TileResult], finish_seconds: float) -> dict:
+def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, float]) -> dict:
     rs = [results[i] for i in sorted(results)]
     done = [r for r in rs if not r.skipped]
     cons = [r.stats.get("consistency_max") for r in done if "consistency_max" in r.stats]
@@ -498,7 +503,9 @@ def _report(job: Job, results: dict[int, TileResult], finish_seconds: float) -> 
         "totals": {
             "tiles": len(rs), "processed": len(done), "skipped": len(rs) - len(done),
             "reused": sum(r.reused for r in done), "tile_seconds": float(sum(r.seconds for r in done)),
-            "finish_seconds": finish_seconds,
+            "finish_seconds": phase_seconds["finish"], "stitch_seconds": phase_seconds["stitch"],
+            "cog_seconds": phase_seconds["cog"],
+            "tile_function_seconds": float(sum(r.stats.get("fn_seconds", 0.0) for r in done)),
             "consistency_max": max(cons) if cons else None,
             "consistency_mae": float(np.mean(cmae)) if cmae else None,
         },
@@ -506,18 +513,26 @@ def _report(job: Job, results: dict[int, TileResult], finish_seconds: float) -> 
     }
 
 
-def write_job_quicklook(job: Job, path: str, max_side: int = 600) -> None:
-    """RGB | bicubic | super-resolved (first band), decimated, one colour scale for both."""
+def write_job_quicklook(job: Job, path: str) -> None:
+    """RGB | bicubic | super-resolved (first band), decimated, one colour scale for both.
+
+    The RGB panel was sampled during ``prepare``'s pass over the mosaic (an orthomosaic often
+    has no overviews, and a second full decode of it cost more than the whole bicubic job)."""
     from rasterio.enums import Resampling
 
     hr = job.plan.hr_grid
-    size = output.quicklook_size(hr, max_side)
-    g = output.read_decimated(job.guide_path, list(job.guide_bands[:3]), size, Resampling.average)
+    size = output.quicklook_size(hr)
+    preview = os.path.join(job.work_dir, "preview_rgb.npy")
+    if os.path.exists(preview):
+        g = np.load(preview)[:3]
+    else:
+        g = output.read_decimated(job.guide_path, list(job.guide_bands[:3]), size, Resampling.average)
     rgb = np.stack(
         [output.to_uint8(g[i], *job.guide_range[i]) for i in range(g.shape[0])], axis=-1
     )
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
+    rgb[~np.all(np.isfinite(g), axis=0)] = 128  # RGB nodata grey, as in the other panels
     s = job.scale
     # the LR target over exactly the HR extent: fractional LR pixels at the end are whole ones
     lr_win = Window(0, 0, output.ceil_div(hr.height, s), output.ceil_div(hr.width, s))

@@ -186,11 +186,13 @@ class SurveyStats:
     guide_range: tuple[tuple[float, float], ...]  # per guide band
     valid_fractions: tuple[float, ...]  # per tile of the plan
     target_valid_pixels: int
+    preview: np.ndarray | None = None  # (C, h, w) guide sampled for the quick-look (nearest)
 
 
 def survey_stats(
     plan: TilePlan, target_lr: str, guide: RasterInfo, guide_bands: tuple[int, ...],
     percentiles: tuple[float, float], max_samples: int = 2_000_000,
+    preview_size: tuple[int, int] | None = None,
 ) -> SurveyStats:
     """One strip-wise pass over the LR target and a decimated RGB: survey-level robust ranges
     and each tile core's valid share (target valid and RGB valid, sampled on the LR grid)."""
@@ -206,6 +208,12 @@ def survey_stats(
     g_samples: list[np.ndarray] = []
     read_bands = guide_bands + ((guide.alpha_band,) if guide.alpha_band else ())
     n_valid = 0
+    preview = None
+    if preview_size is not None:  # LR row/col sampled by each preview pixel (centres)
+        ph, pw = preview_size
+        p_rows = np.minimum(((np.arange(ph) + 0.5) * hr.height / ph).astype(np.int64) // s, lr.height - 1)
+        p_cols = np.minimum(((np.arange(pw) + 0.5) * hr.width / pw).astype(np.int64) // s, lr.width - 1)
+        preview = np.full((len(guide_bands), ph, pw), np.nan, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(target_lr) as tds, rasterio.open(guide.path) as gds:
@@ -225,6 +233,12 @@ def survey_stats(
                 gvalid = np.zeros_like(tvalid)
                 gvalid[:g_rows, :g_cols] = validity(g, guide, read_bands)
                 valid = tvalid & gvalid
+                if preview is not None:
+                    sel = (p_rows >= r0) & (p_rows < r0 + g_rows)
+                    if sel.any():
+                        pv = g[: len(guide_bands)][:, p_rows[sel] - r0][:, :, p_cols]
+                        pv[:, ~gvalid[p_rows[sel] - r0][:, p_cols]] = np.nan
+                        preview[:, sel] = pv
                 n_valid += int(tvalid.sum())
                 # per-tile counts over the cores' LR pixels (inside the HR grid only)
                 inside = np.zeros_like(tvalid)
@@ -250,7 +264,7 @@ def survey_stats(
         (0.0, 1.0) for _ in guide_bands
     )
     fractions = tuple(float(c / t) if t else 0.0 for c, t in zip(counts.ravel(), total.ravel()))
-    return SurveyStats(trange, grange, fractions, n_valid)
+    return SurveyStats(trange, grange, fractions, n_valid, preview)
 
 
 def _robust_range(v: np.ndarray, lo: float, hi: float) -> tuple[float, float]:

@@ -121,8 +121,9 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def chunks_for(block_shape: tuple[int, int], target: int = CHUNK_PIXELS) -> dict[str, int]:
+def chunks_for(block_shape: tuple[int, int], target: int | None = None) -> dict[str, int]:
     """dask chunks that are whole multiples of the file's internal blocks, about ``target`` px."""
+    target = CHUNK_PIXELS if target is None else target
     by, bx = (max(1, int(b)) for b in block_shape)
     return {"band": -1, "y": by * max(1, round(target / by)), "x": bx * max(1, round(target / bx))}
 
