@@ -312,8 +312,15 @@ def pending(job: Job | str) -> list[int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _lazy(path: str, block_shape: tuple[int, int]):
+def _lazy_cached(path: str, block_shape: tuple[int, int], mtime_ns: int, size: int):
     return rasters.open_lazy(path, block_shape)
+
+
+def _lazy(path: str, block_shape: tuple[int, int]):
+    """The lazily opened raster, reused across tiles in a worker while the file is unchanged
+    (a re-prepared job rewrites ``target_lr.tif`` under the same name)."""
+    st = os.stat(path)
+    return _lazy_cached(path, tuple(block_shape), st.st_mtime_ns, st.st_size)
 
 
 def _fill_invalid(guide: np.ndarray, valid: np.ndarray, guide_range) -> np.ndarray:

@@ -232,3 +232,30 @@ def test_cmsr_method_tiny_budget_is_deterministic(tmp_path):
     again = pipelines.run_tile(job.job_path, 4)
     assert not again.reused
     np.testing.assert_array_equal(np.load(again.path), first)
+
+
+def test_cog_overviews_are_averages(s2, tmp_path):
+    """A >512 px output gets internal overviews made with ``average`` (and stays a valid COG)."""
+    from tiling.grid import Grid
+    from tiling.output import create_stitch_target, write_cog
+
+    with rasterio.open(s2["nir10"]) as ds:
+        nir = ds.read(1).astype(np.float32)
+        g = Grid.from_affine(800, 1200, ds.transform, ds.crs)
+    big = np.tile(nir, (4, 4))  # 800 x 1200 of real NIR
+    big[:10, :10] = np.nan
+    src = tmp_path / "scratch.tif"
+    create_stitch_target(str(src), g, 1, ["nir"], ["DN"])
+    with rasterio.open(src, "r+") as dst:
+        dst.write(big[None])
+    write_cog(str(src), str(tmp_path / "cog.tif"), {"CMSR_SCALE": "4"}, "zstd")
+    assert cog_validate(str(tmp_path / "cog.tif"), quiet=True)[0]
+    with rasterio.open(tmp_path / "cog.tif") as ds:
+        assert ds.overviews(1)[0] == 2 and ds.units == ("DN",) and ds.tags()["CMSR_SCALE"] == "4"
+        assert ds.profile["compress"] == "zstd" and ds.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"
+        full = ds.read(1)
+        ov = ds.read(1, out_shape=(400, 600))  # served from the overview
+    np.testing.assert_array_equal(full[np.isfinite(big)], big[np.isfinite(big)])
+    ref = area_pool(big.astype(np.float64), 2)
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(ov[ok], ref[ok], rtol=1e-5)
