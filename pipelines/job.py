@@ -48,8 +48,8 @@ class Job:
     target: rasters.RasterInfo
     out: str
     work_dir: str
-    guide_path: str  # the RGB itself, or its warp onto a north-up grid in the work dir
-    guide_bands: tuple[int, ...]
+    guide: rasters.RasterInfo  # the RGB itself, or its warp onto the north-up HR grid (work dir)
+    guide_bands: tuple[int, ...]  # bands of ``guide`` the tiles use
     target_bands: tuple[int, ...]
     target_lr: str  # target on the LR grid (float32, NaN nodata), in the work dir
     resampling: str  # how the target got onto the LR grid: copy | average | bilinear
@@ -66,6 +66,10 @@ class Job:
     @property
     def job_path(self) -> str:
         return os.path.join(self.work_dir, "job.json")
+
+    @property
+    def guide_path(self) -> str:
+        return self.guide.path
 
     @property
     def scale(self) -> int:
@@ -87,7 +91,7 @@ class Job:
         return {
             "format": self.format, "version": self.version, "key": self.key, "config": self.config.to_dict(),
             "rgb": self.rgb.to_dict(), "target": self.target.to_dict(), "out": self.out,
-            "work_dir": self.work_dir, "guide_path": self.guide_path, "guide_bands": list(self.guide_bands),
+            "work_dir": self.work_dir, "guide": self.guide.to_dict(), "guide_bands": list(self.guide_bands),
             "target_bands": list(self.target_bands), "target_lr": self.target_lr, "resampling": self.resampling,
             "plan": self.plan.to_dict(), "gsd_ratio": self.gsd_ratio, "overlap": self.overlap,
             "target_range": [list(r) for r in self.target_range],
@@ -102,7 +106,7 @@ class Job:
         return cls(
             key=d["key"], config=JobConfig.from_dict(d["config"]), rgb=rasters.RasterInfo.from_dict(d["rgb"]),
             target=rasters.RasterInfo.from_dict(d["target"]), out=d["out"], work_dir=d["work_dir"],
-            guide_path=d["guide_path"], guide_bands=tuple(d["guide_bands"]), target_bands=tuple(d["target_bands"]),
+            guide=rasters.RasterInfo.from_dict(d["guide"]), guide_bands=tuple(d["guide_bands"]), target_bands=tuple(d["target_bands"]),
             target_lr=d["target_lr"], resampling=d["resampling"], plan=tplan.TilePlan.from_dict(d["plan"]),
             gsd_ratio=float(d["gsd_ratio"]), overlap=float(d["overlap"]),
             target_range=tuple(tuple(r) for r in d["target_range"]),  # type: ignore[misc]
@@ -197,9 +201,7 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     work_dir = os.path.abspath(config.work_dir or out + ".work")
     guide_bands = _select_bands(rgb_info, config.guide_bands, "RGB", "--guide-bands", (1, 4))
     target_bands = _select_bands(tgt_info, config.target_bands, "target", "--target-bands", (1, 16))
-    if not rgb_info.grid.is_north_up:
-        raise InvalidInput(f"RGB file {rgb_info.path}: rotated or south-up grid; warp it north-up first (gdalwarp)")
-    hr = rgb_info.grid
+    hr = rgb_info.grid if rgb_info.grid.is_north_up else align.north_up_grid(rgb_info.grid)
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always", InputWarning)
@@ -232,7 +234,9 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     job_path = os.path.join(work_dir, "job.json")
-    if config.resume and os.path.exists(job_path):
+    if not config.resume:
+        _clear_tiles(work_dir)  # start over: pending() then lists every tile
+    elif os.path.exists(job_path):
         try:
             old = load_job(job_path)
         except (ValueError, KeyError, json.JSONDecodeError):
@@ -240,10 +244,15 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
             return old  # same plan: keep the LR target and the statistics (and the tiles)
 
+    guide_info, job_guide_bands = rgb_info, guide_bands
+    if not rgb_info.grid.is_north_up:  # the only case the RGB is resampled: onto the HR grid
+        guide_info = align.rgb_to_hr(rgb_info, guide_bands, os.path.join(work_dir, "rgb_hr.tif"))
+        job_guide_bands = tuple(range(1, len(guide_bands) + 1))
+        assert guide_info.grid.same_as(hr)
     target_lr = os.path.join(work_dir, "target_lr.tif")
     resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
     try:
-        stats = align.survey_stats(geometry, target_lr, rgb_info, guide_bands, config.percentiles,
+        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands, config.percentiles,
                                    preview_size=output.quicklook_size(hr))
     except InvalidInput:
         raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
@@ -252,13 +261,22 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
     job = Job(
         key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
-        guide_path=rgb_info.path, guide_bands=guide_bands, target_bands=target_bands, target_lr=target_lr,
+        guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
         resampling=resampled.resampling, plan=full_plan, gsd_ratio=ratio, overlap=overlap,
         target_range=stats.target_range, guide_range=stats.guide_range, checksums=checksums,
         warnings=tuple(caught),
     )
     _atomic_write_text(job_path, json.dumps(job.to_dict(), indent=1))
     return job
+
+
+def _clear_tiles(work_dir: str) -> None:
+    """Remove this pipeline's tile results (``<n>.npy``/``<n>.json``) from ``work_dir/tiles``."""
+    d = os.path.join(work_dir, "tiles")
+    for name in os.listdir(d):
+        stem, _, ext = name.partition(".")
+        if stem.isdigit() and ext in ("npy", "json"):
+            os.unlink(os.path.join(d, name))
 
 
 def _core_max_scale(config: JobConfig) -> int | None:
@@ -353,9 +371,10 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
         return result
     fn = tilefn.resolve(job.config, tile_fn)
     s = job.plan.scale
-    read_bands = job.guide_bands + ((job.rgb.alpha_band,) if job.rgb.alpha_band else ())
-    graw, g_inside = rasters.read_window(_lazy(job.guide_path, job.rgb.block_shape), spec.read, read_bands)
-    g_valid = rasters.validity(graw, job.rgb, read_bands) & g_inside
+    gi = job.guide
+    read_bands = job.guide_bands + ((gi.alpha_band,) if gi.alpha_band else ())
+    graw, g_inside = rasters.read_window(_lazy(gi.path, gi.block_shape), spec.read, read_bands)
+    g_valid = rasters.validity(graw, gi, read_bands) & g_inside
     guide = _fill_invalid(graw[: len(job.guide_bands)], g_valid, job.guide_range)
     guide_hwc = np.ascontiguousarray(np.moveaxis(guide, 0, -1))
     lr, lr_inside = rasters.read_window(_lazy(job.target_lr, (256, 256)), spec.lr_read,

@@ -105,3 +105,33 @@ def test_missing_crs_netcdf_needs_assume_crs():
     assert t.grid.crs == "EPSG:32719"
     s, r = align.choose_scale(info(S2 / "rgb.tif"), t, None)
     assert (s, r) == (2, 2.0)
+
+
+def test_rotated_rgb_is_warped_north_up_exactly(tmp_path):
+    """A 90-degree-rotated georeferencing of the real RGB: the north-up HR grid's pixel centres
+    fall on source pixel centres, so the warp must reproduce the pixels exactly (rotated)."""
+    from affine import Affine
+
+    with rasterio.open(S2 / "rgb.tif") as ds:
+        rgb = ds.read()
+        prof = ds.profile
+    cx, cy = 601500.0, 4699020.0  # the clip's centre
+    t = Affine.translation(cx, cy) @ Affine.rotation(90) @ Affine.translation(-1500, 1000) @ Affine.scale(10, -10)
+    rot = tmp_path / "rgb_rot.tif"
+    with rasterio.open(rot, "w", **dict(prof, transform=t)) as dst:
+        dst.write(rgb)
+    info_rot = info(rot)
+    assert not info_rot.grid.is_north_up
+    hr = align.north_up_grid(info_rot.grid)
+    assert hr.is_north_up and hr.res == (10.0, 10.0) and hr.shape == (300, 200)
+    warped = align.rgb_to_hr(info_rot, (1, 2, 3), str(tmp_path / "rgb_hr.tif"))
+    assert warped.grid.same_as(hr) and warped.alpha_band == 4
+    with rasterio.open(tmp_path / "rgb_hr.tif") as ds:
+        out = ds.read()
+    # world -> source pixel for every output pixel centre, then compare
+    rows, cols = np.mgrid[0:300, 0:200]
+    x, y = hr.affine @ (cols + 0.5, rows + 0.5)
+    sc, sr = ~t @ (x, y)
+    sr, sc = np.floor(sr).astype(int), np.floor(sc).astype(int)
+    np.testing.assert_array_equal(out[:3], rgb[:, sr, sc])
+    assert (out[3] == 65535).all()

@@ -154,6 +154,9 @@ def test_resume_runs_only_missing_tiles(s2, tmp_path):
     calls.clear()
     pipelines.superresolve(s2["rgb"], s2["nir40"], out, cfg.replace(seed=1), tile_fn=counting)
     assert sorted(calls) == todo
+    # --no-resume starts over
+    fresh = pipelines.prepare(s2["rgb"], s2["nir40"], out, cfg.replace(resume=False))
+    assert pipelines.pending(fresh) == todo
     # Job and TileResult round-trip through JSON
     job2 = pipelines.load_job(job.job_path)
     assert pipelines.Job.from_dict(json.loads(json.dumps(job2.to_dict()))) == job2

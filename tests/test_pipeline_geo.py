@@ -119,3 +119,31 @@ def test_missing_crs_netcdf_job(tmp_path):
         assert ds.crs.to_epsg() == 32719 and ds.shape == (200, 300)
         assert np.isfinite(ds.read(1)).all()
     assert json.load(open(o.report))["scale"] == 2
+
+
+def test_rotated_rgb_job_outputs_north_up_grid(tmp_path):
+    """The RGB is resampled only when its grid is not north-up: then the output grid is the
+    north-up grid covering it, and the job runs as usual."""
+    from affine import Affine
+
+    s2 = GEO / "sentinel2_10m"
+    with rasterio.open(s2 / "rgb.tif") as ds:
+        rgb, prof = ds.read(), ds.profile
+    t = Affine.translation(601500.0, 4699020.0) @ Affine.rotation(90) @ Affine.translation(-1500, 1000) @ Affine.scale(10, -10)
+    rot = tmp_path / "rgb_rot.tif"
+    with rasterio.open(rot, "w", **dict(prof, transform=t)) as dst:
+        dst.write(rgb)
+    with rasterio.open(s2 / "nir.tif") as ds:
+        nir, nprof = ds.read(1).astype(np.float64), ds.profile
+    nir40 = tmp_path / "nir40.tif"
+    with rasterio.open(nir40, "w", **dict(nprof, dtype="float32", width=75, height=50, nodata=float("nan"),
+                                          transform=nprof["transform"] @ Affine.scale(4))) as dst:
+        dst.write(area_pool(nir, 4).astype(np.float32), 1)
+    cfg = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=False)
+    o = pipelines.superresolve(str(rot), str(nir40), str(tmp_path / "o.tif"), cfg)
+    with rasterio.open(o.cog) as ds:
+        assert ds.transform == Affine(10.0, 0.0, 600500.0, 0.0, -10.0, 4700520.0) and ds.shape == (300, 200)
+        out = ds.read(1)
+    # the target covers rows 50..250 of the north-up grid (all columns)
+    assert np.isfinite(out[60:240]).all() and not np.isfinite(out[:40]).any() and not np.isfinite(out[260:]).any()
+    assert json.load(open(o.report))["target_resampling"] == "bilinear"  # LR grid offset by half a 40 m pixel

@@ -277,3 +277,81 @@ def _robust_range(v: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
         if not b > a:
             b = a + 1.0
     return (a, b)
+
+
+def north_up_grid(grid: Grid) -> Grid:
+    """The north-up grid covering a rotated/sheared/south-up ``grid``: same CRS, square pixels
+    of its finer pixel size, origin at the top-left of its footprint."""
+    res = min(grid.res)
+    left, bottom, right, top = grid.bounds
+    w, h = int(math.ceil((right - left) / res - 1e-9)), int(math.ceil((top - bottom) / res - 1e-9))
+    from affine import Affine
+
+    return Grid.from_affine(h, w, Affine(res, 0.0, left, 0.0, -res, top), grid.crs)
+
+
+def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterInfo:
+    """Warp a non-north-up RGB onto ``north_up_grid`` (bilinear colours; validity by nearest into
+    an alpha band), strip by strip, atomically. Only used when the RGB's own grid is not north-up."""
+    from dataclasses import replace
+
+    from .rasters import inspect, validity
+
+    hr = north_up_grid(rgb.grid)
+    count = len(bands) + 1
+    integer = np.issubdtype(np.dtype(rgb.dtype), np.integer)
+    opaque = np.iinfo(rgb.dtype).max if integer else 1.0
+    d = os.path.dirname(dst_path)
+    fd, tmp = tempfile.mkstemp(prefix=".rgb_hr.", suffix=".tif", dir=d)
+    os.close(fd)
+    fd, vtmp = tempfile.mkstemp(prefix=".rgb_valid.", suffix=".tif", dir=d)
+    os.close(fd)
+    read_bands = bands + ((rgb.alpha_band,) if rgb.alpha_band else ())
+    g = rgb.grid
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            # 1) the source's validity (2 valid, 1 invalid, 0 outside) on the source grid
+            vprof = dict(driver="GTiff", width=g.width, height=g.height, count=1, dtype="uint8", crs=g.crs,
+                         transform=g.affine, nodata=0, tiled=True, blockxsize=512, blockysize=512,
+                         compress="deflate", BIGTIFF="IF_SAFER")
+            srows = max(1, _strip_rows(g.width, len(read_bands), 4))
+            with rasterio.open(rgb.path) as src, rasterio.open(vtmp, "w", **vprof) as vd:
+                for r0 in range(0, g.height, srows):
+                    h = min(srows, g.height - r0)
+                    raw = src.read(read_bands, window=((r0, r0 + h), (0, g.width))).astype(np.float32)
+                    vd.write((validity(raw, rgb, read_bands).astype(np.uint8) + 1)[None],
+                             window=((r0, r0 + h), (0, g.width)))
+            # 2) colours (bilinear) and validity (nearest) onto the north-up grid, by strips
+            profile = dict(
+                driver="GTiff", width=hr.width, height=hr.height, count=count, dtype=rgb.dtype, crs=hr.crs,
+                transform=hr.affine, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                BIGTIFF="IF_SAFER", photometric="RGB" if len(bands) == 3 else "MINISBLACK",
+                **({"ALPHA": "YES"} if len(bands) in (1, 3) else {}),
+            )
+            rows = max(1, _strip_rows(hr.width, count, 8))
+            rows = rows // 512 * 512 if rows >= 512 else rows
+            with rasterio.open(rgb.path) as src, rasterio.open(vtmp) as vd, rasterio.open(tmp, "w", **profile) as dst:
+                for r0 in range(0, hr.height, rows):
+                    win = Window(r0, 0, min(rows, hr.height - r0), hr.width)
+                    wt = hr.window_transform(win)
+                    out = np.zeros((count, win.height, win.width), dtype=rgb.dtype)
+                    for i, b in enumerate(bands):
+                        reproject(source=rasterio.band(src, b), destination=out[i], src_crs=g.crs,
+                                  src_transform=g.affine, dst_transform=wt, dst_crs=hr.crs,
+                                  resampling=Resampling.bilinear, XSCALE=1, YSCALE=1)
+                        # (pinned: for a rotated source GDAL's estimate of the scale comes from
+                        # bounding boxes and would widen the kernel; same pixel size here)
+                    v = np.zeros((win.height, win.width), dtype=np.uint8)
+                    reproject(source=rasterio.band(vd, 1), destination=v, src_crs=g.crs, src_transform=g.affine,
+                              src_nodata=0, dst_transform=wt, dst_crs=hr.crs, dst_nodata=0,
+                              resampling=Resampling.nearest)
+                    out[-1] = np.where(v == 2, opaque, 0).astype(rgb.dtype)
+                    dst.write(out, window=((win.row, win.row_end), (win.col, win.col_end)))
+        os.replace(tmp, dst_path)
+    finally:
+        for p in (tmp, vtmp):
+            if os.path.exists(p):
+                os.unlink(p)
+    # our own layout: the last band is the validity (alpha), whatever the TIFF tags say
+    return replace(inspect(dst_path, "RGB (warped north-up)", rgb.grid.crs), alpha_band=count)
