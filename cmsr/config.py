@@ -43,6 +43,19 @@ class CMSRConfig:
     """Weights ~ N(0, init_variance / fan_in) (ZSSR ``init_variance``), small because the net
     learns a residual over the bicubic upsampling."""
 
+    base: Literal["bicubic", "bp", "guided", "auto"] = "bicubic"
+    """The non-learned image the residuals are added to (for the son at training time and for the
+    LR at test time). ``bicubic`` (paper): ``up(T)``. ``bp``: ``up(T)`` back-projected
+    ``base_bp_rounds`` times against T. ``guided``: colour-guided filter + back-projection
+    (``cmsr.baselines.guided_filter_upsample``, guide = the deformed guide on the same grid).
+    ``auto``: whichever of ``bp`` / ``guided`` better reconstructs the LR from its own /2 copy,
+    decided once before training (internal model selection, no ground truth involved)."""
+    base_bp_rounds: int = 12
+    """Back-projection rounds of the ``bp`` base."""
+    warp_warmup_iters: int = 0
+    """Iterations at the start of training during which the warp is frozen (0 = paper). While F_g
+    is still random its gradient on the warp is noise, and Adam turns noise into a drift."""
+
     # --- ablations --------------------------------------------------------------------------
     use_guide: bool = True
     """False: pure ZSSR (no guide branch, no warp)."""
@@ -156,19 +169,16 @@ class CMSRConfig:
 
     @classmethod
     def fast(cls) -> "CMSRConfig":
-        """Interactive setting: one stage, at most 300 iterations, earlier lr drops, 4-way ensemble
-        replaced by the full 8 (cheap at inference), antialiased guide sampling."""
-        return cls(
-            gradual=False,
-            max_iters=300,
-            min_iters=100,
-            guide_train_sampling="area",
-        )
+        """Interactive setting (~1/3 of ``best``'s time): ``best`` with at most 250 iterations per
+        stage and the first learning-rate drop allowed after 120."""
+        return cls.best().replace(max_iters=250, min_iters=120)
 
     @classmethod
     def best(cls) -> "CMSRConfig":
-        """Measured deviations from the paper that win on the dev pairs (see benchmarks/RESULTS.md)."""
-        return cls(guide_train_sampling="area")
+        """``paper`` plus the measured deviation that wins on the dev pairs (benchmarks/RESULTS.md):
+        the residuals are learned over a non-learned base chosen per image by internal
+        reconstruction -- bicubic + back-projection, or colour-guided filter + back-projection."""
+        return cls(base="auto")
 
     @classmethod
     def preset(cls, name: str) -> "CMSRConfig":

@@ -27,12 +27,17 @@ import torch
 
 from . import model as M
 from .augment import Augmentation, extract, sample_augmentation
+from .baselines import guided_filter_upsample
 from .config import CMSRConfig
 from .resize import degrade_torch, imresize_torch, upsample_torch
 from .warp import GuideWarp, pixel_centers, sample, to_normalized
 
 ProgressFn = Callable[[int, float, float], None]
 PROGRESS_EVERY = 10
+AUTO_BASE_FACTOR = 2
+"""The ``auto`` base is chosen by reconstructing the LR from its /2 copy: at /4 an 80x60 LR leaves
+20x15 pixels, too few for a stable choice (it picked the guided filter for 9 of 16 thermal pairs,
+where the guided filter loses 0.5 dB to plain back-projection; at /2 it picks it for 3)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,17 @@ def back_project(y: torch.Tensor, lr: torch.Tensor, factor: int, rounds: int, de
     for _ in range(rounds):
         y = y + upsample_torch(lr - degrade_torch(y, factor, degradation), factor)  # type: ignore[arg-type]
     return y
+
+
+def _base(small: torch.Tensor, factor: int, config: CMSRConfig, kind: str,
+          guide: torch.Tensor | None) -> torch.Tensor:
+    """The non-learned base the residuals are added to (see ``CMSRConfig.base``)."""
+    if kind == "guided" and guide is not None:
+        return guided_filter_upsample(small, guide.detach(), factor, degradation=config.degradation)
+    up = upsample_torch(small, factor)
+    if kind == "bicubic":
+        return up
+    return back_project(up, small, factor, config.base_bp_rounds, config.degradation)
 
 
 def _transform(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -240,16 +256,23 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
     last_loss = float("nan")
     policy = _LRPolicy(config)
     out = lr_t
+    base_kind: str | None = None
     for factor in config.stage_factors(scale):
         policy = _LRPolicy(config)
         for g in opt.param_groups:
             g["lr"] = policy.lr * g["ratio"]
         recon = _ReconCheck(lr_t, valid_t, factor, config, gd)
+        if base_kind is None:  # decided once, before training, with the warp at identity
+            base_kind = config.base if config.base != "auto" else \
+                _ReconCheck(lr_t, valid_t, AUTO_BASE_FACTOR, config, gd).choose_base()
+        recon.set_base(base_kind)
         iters = 0
         for it in range(config.max_iters):
             aug = sample_augmentation(rng, [tuple(s[1].shape) for s in sources], [s[0] for s in sources],
                                       factor, config)
-            loss = _train_step(net, opt, gd, sources, aug, factor, config)
+            if warp is not None:
+                warp.requires_grad_(total_iters + it >= config.warp_warmup_iters)
+            loss = _train_step(net, opt, gd, sources, aug, factor, config, base_kind)
             iters = it + 1
             last_loss = loss
             if it % config.run_test_every == 0:
@@ -264,8 +287,8 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
         total_iters += iters
         if progress is not None:
             progress(total_iters, last_loss, policy.lr)
-        out = infer_stage(net.params(), lr_t, gd, factor, config)
-        stage_stats.append({"factor": factor, "iterations": iters, "final_loss": last_loss,
+        out = infer_stage(net.params(), lr_t, gd, factor, config, base_kind)
+        stage_stats.append({"factor": factor, "iterations": iters, "final_loss": last_loss, "base": base_kind,
                             "final_lr": policy.lr, "recon_mse": policy.errors[-1] if policy.errors else None})
         up_valid = valid_t.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
         sources.append((factor, out.detach(), up_valid))
@@ -279,6 +302,7 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
         "stages": stage_stats,
         "use_guide": use_guide,
         "use_warp": use_warp,
+        "base": base_kind,
         "mean_warp_px": float(np.mean(np.hypot(displacement[..., 0], displacement[..., 1])))
         if displacement is not None else 0.0,
     }
@@ -288,15 +312,16 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
 
 def _train_step(net: M.CMSRNet, opt: torch.optim.Optimizer, gd: _Guide | None,
                 sources: list[tuple[int, torch.Tensor, torch.Tensor]], aug: Augmentation, factor: int,
-                config: CMSRConfig) -> float:
+                config: CMSRConfig, base_kind: str) -> float:
     base, src, src_valid = sources[aug.source_index]
     father, mask = extract(src, src_valid, aug)
     son = degrade_torch(father, factor, config.degradation)
-    up = upsample_torch(son, factor)
     guide_crop = None
     if gd is not None:
         pts = to_normalized(torch.as_tensor(aug.coords, dtype=torch.float32, device=src.device), *src.shape)
         guide_crop = gd.train_sample(pts, base)
+    with torch.no_grad():
+        up = _base(son, factor, config, base_kind, guide_crop)
     loss_sr, loss_full = compute_losses(net.params(), up, father, mask, guide_crop)
     total = loss_sr if loss_full is None else loss_sr + loss_full
     opt.zero_grad(set_to_none=True)
@@ -317,23 +342,48 @@ class _ReconCheck:
         self.mask = valid[:hc, :wc]
         son = degrade_torch(self.target, factor, config.degradation) if (hc % factor == 0 and wc % factor == 0) \
             else imresize_torch(self.target, 1.0 / factor)
-        self.up = imresize_torch(son, float(factor), output_shape=(hc, wc))
         self.gd = gd
         self.points = pixel_centers(h, w, lr.device)[:hc, :wc]
+        self.son = son
+        self.exact = hc % factor == 0 and wc % factor == 0
+        self.factor, self.config = factor, config
+        self.up = imresize_torch(son, float(factor), output_shape=(hc, wc))
+        self.base_kind = "bicubic"
+
+    @torch.no_grad()
+    def set_base(self, kind: str) -> None:
+        self.base_kind = kind
+        if self.exact:
+            self.up = _base(self.son, self.factor, self.config, kind, self._guide())
+
+    @torch.no_grad()
+    def choose_base(self) -> str:
+        """``auto`` base: the candidate that best reconstructs the LR from its degraded copy."""
+        if self.gd is None or not self.exact:
+            return "bp"
+        errs = {}
+        for kind in ("bp", "guided"):
+            out = _base(self.son, self.factor, self.config, kind, self._guide())
+            errs[kind] = float((((out - self.target) ** 2) * self.mask).sum())
+        return min(errs, key=errs.__getitem__)
+
+    def _guide(self) -> torch.Tensor | None:
+        return self.gd.train_sample(self.points, 1) if self.gd is not None else None
 
     @torch.no_grad()
     def error(self, params: M.Params) -> float:
-        g = self.gd.train_sample(self.points, 1)[None] if self.gd is not None else None
-        out = M.forward(params, self.up[None, None], g)[0, 0]
+        g = self._guide()
+        out = M.forward(params, self.up[None, None], g[None] if g is not None else None)[0, 0]
         m = self.mask.to(out.dtype)
         return float((((out - self.target) ** 2) * m).sum() / m.sum().clamp_min(1.0))
 
 
 @torch.no_grad()
-def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: int, config: CMSRConfig) -> torch.Tensor:
+def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: int, config: CMSRConfig,
+                base_kind: str = "bicubic") -> torch.Tensor:
     """Self-ensembled, back-projected output on the grid ``factor`` x the LR."""
-    up = upsample_torch(lr, factor)
     g = gd.stage_grid(factor) if gd is not None else None
+    up = _base(lr, factor, config, base_kind, g)
     members = range(8) if config.self_ensemble else range(1)
     outs = []
     for k in members:

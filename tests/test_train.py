@@ -15,7 +15,7 @@ from cmsr.resize import degrade_torch, upsample_torch
 from cmsr.train import masked_l1, super_resolve_normalized
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
-TINY = dataclasses.replace(CMSRConfig.fast(), max_iters=6, crop_size=16, run_test_every=2)
+TINY = dataclasses.replace(CMSRConfig.best(), gradual=False, max_iters=6, crop_size=16, run_test_every=2)
 
 
 def _scene(h: int, w: int, s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +33,8 @@ def test_presets_and_schedule() -> None:
         CMSRConfig.preset("nope")
     p = CMSRConfig.paper()
     assert p.stage_factors(4) == (2, 4) and p.stage_factors(2) == (2,) and p.stage_factors(8) == (2, 4, 8)
-    assert p.stage_factors(6) == (2, 4, 6) and CMSRConfig.fast().stage_factors(4) == (4,)
+    assert p.stage_factors(6) == (2, 4, 6) and CMSRConfig.fast().stage_factors(4) == (2, 4)
+    assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.best().base == "auto"
     assert (p.crop_size, p.max_iters, p.back_projection_rounds, p.lr_ratio_tps) == (48, 800, 6, 0.2)
 
 
@@ -121,7 +122,7 @@ def test_end_to_end_real_pair_beats_bicubic() -> None:
     lr, gt = (lr[..., 0] if lr.ndim == 3 else lr), (gt[..., 0] if gt.ndim == 3 else gt)
     lr_t = torch.from_numpy(lr / 255.0)
     guide = torch.from_numpy(rgb / 255.0).permute(2, 0, 1).contiguous()
-    cfg = dataclasses.replace(CMSRConfig.fast(), max_iters=30)
+    cfg = dataclasses.replace(CMSRConfig.paper(), gradual=False, max_iters=30)
     out = super_resolve_normalized(lr_t, guide, torch.ones_like(lr_t, dtype=torch.bool), 4, cfg, seed=0)
     bicubic = upsample_torch(lr_t, 4).numpy()
     assert _psnr_u8(out.image.numpy(), gt) > _psnr_u8(bicubic, gt) + 0.3
