@@ -1,0 +1,162 @@
+"""Prefect engine plumbing: offline defaults, the temporary local API, quiet shutdown.
+
+Why a module of its own: drone farms and HPC clusters are usually offline, and a survey job
+must neither phone home nor print scary lines. Everything here is set *before* Prefect is
+imported (Prefect reads its settings from the environment), only where the user has not set
+the variable already, so an operator can still point ``PREFECT_API_URL`` at a real server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+#: Environment defaults applied by :func:`configure_environment` (never overriding the user's).
+OFFLINE_ENV: dict[str, str] = {
+    # no usage analytics from the client SDK (checked first by Prefect's analytics service)
+    "DO_NOT_TRACK": "1",
+    # ...nor from the (temporary or compose) server
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Prefect Cloud only, but explicit: no orchestration telemetry
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    # no OS resource sampling threads in flow-run subprocesses
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    # no UI assets served by the temporary API
+    "PREFECT_UI_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    # no update/version checks against the network (the API is local)
+    "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
+    # without PREFECT_API_URL, Prefect may start its own temporary local API ...
+    "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+    # ... and on a loaded 2-core box that start can take much longer than Prefect's 20 s
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # dask: keep its INFO chatter (cluster/worker start and stop) off the console
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+    "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
+}
+
+#: Console log level of Prefect's own handler for the ``cmsr`` command (the API still gets
+#: INFO, so a Prefect UI shows the full run log); ``--verbose`` lifts it.
+CONSOLE_ENV: dict[str, str] = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+
+
+def configure_environment(console_quiet: bool = False) -> None:
+    """Apply :data:`OFFLINE_ENV` (and, for the CLI, :data:`CONSOLE_ENV`) as defaults.
+
+    Call before the first ``import prefect`` in the process; child processes (Dask workers,
+    the temporary API server) inherit the environment."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    if console_quiet:
+        for k, v in CONSOLE_ENV.items():
+            os.environ.setdefault(k, v)
+
+
+def worker_environment() -> dict[str, str]:
+    """Variables every Dask worker process gets: offline Prefect, single-threaded maths
+    (one tile per thread; BLAS/OpenMP pools would oversubscribe the cores), and glibc's
+    allocator tuned for PyTorch's small training buffers (``cmsr.runtime``, measured there)."""
+    env = dict(OFFLINE_ENV)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        from cmsr.runtime import allocator_env
+    except ImportError:  # pragma: no cover - the core is part of the package
+        return env
+    env.update(allocator_env())
+    return env
+
+
+class PrefectAPI:
+    """The Prefect API a run talks to: the configured one, or a temporary local one that is
+    starting in a background thread (so the Dask cluster can start meanwhile)."""
+
+    def __init__(self, url: str, thread: threading.Thread | None = None, error: list | None = None) -> None:
+        self.url = url
+        self.temporary = thread is not None
+        self._thread = thread
+        self._error = error if error is not None else []
+
+    def wait(self) -> str:
+        """Block until the API answers; raise if the temporary server did not start."""
+        if self._thread is not None:
+            self._thread.join()
+            if self._error:
+                raise RuntimeError(f"the temporary Prefect API did not start: {self._error[0]}")
+        return self.url
+
+
+@contextlib.contextmanager
+def prefect_api(startup_timeout: float | None = None) -> Iterator[PrefectAPI]:
+    """Yield the Prefect API to use, starting a temporary local API if none is configured.
+
+    Prefect would start one lazily itself, but then every Dask worker process that runs a task
+    would start *its own* server on the same database (they inherit no API URL): that races for
+    ports and leaves orphans. Starting it here and exporting ``PREFECT_API_URL`` gives workers
+    (which inherit the environment, and get it in Prefect's serialised settings) the one URL.
+    The server starts in a thread; call ``wait()`` before the first API call."""
+    configure_environment()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if url:
+        yield PrefectAPI(str(url))
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    timeout = int(startup_timeout or float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    server = SubprocessASGIServer(port=SubprocessASGIServer().find_available_port())
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start(timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by wait()
+            errors.append(exc)
+
+    thread = threading.Thread(target=start, name="cmsr-prefect-api", daemon=True)
+    api = PrefectAPI(server.api_url, thread, errors)
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    thread.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            try:
+                yield api
+            finally:
+                if not errors:
+                    flush_prefect()
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        thread.join()
+        server.stop()
+
+
+def flush_prefect(timeout: float = 10.0) -> None:
+    """Send queued logs and events now (before the API or the process goes away).
+
+    Safe from inside an event loop (``Client.run`` calls it on a worker's loop thread): the
+    drain then runs in a helper thread, where Prefect's sync path blocks until done."""
+
+    def drain() -> None:
+        try:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+        except ImportError:  # pragma: no cover
+            return
+        for service in (APILogWorker, EventsWorker):
+            try:
+                service.drain_all(timeout=timeout)
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+
+    t = threading.Thread(target=drain, name="cmsr-prefect-flush", daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+
+
+__all__ = ["OFFLINE_ENV", "CONSOLE_ENV", "configure_environment", "worker_environment", "prefect_api", "PrefectAPI", "flush_prefect"]

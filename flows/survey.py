@@ -1,0 +1,245 @@
+"""The Prefect flow ``superresolve_survey``: prepare -> one task per tile (or batch) -> finish.
+
+Tasks take and return only paths, tile indexes and small dicts: the scheduler never carries
+pixels; workers read their windows from shared storage (``pipelines.run_tile``). Tile results
+are written atomically by ``pipelines``, so a failed, killed or interrupted run resumes with
+only the missing tiles. Prefect's input caching is off (``NO_CACHE``): resumption is the
+job's own, keyed by the plan.
+
+``run_survey`` is what the CLI calls: temporary API, cluster, progress, flow, teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import configure_environment
+
+configure_environment()
+
+import dask  # noqa: E402
+import distributed  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.context import get_run_context  # noqa: E402
+from prefect_dask import DaskTaskRunner  # noqa: E402
+
+import pipelines  # noqa: E402
+
+from .cluster import ClusterHandle, ClusterSpec, gpu_workers, open_cluster  # noqa: E402
+
+#: Tile task retries (transient failures: a worker's file system hiccup, a CUDA OOM when a
+#: co-tenant spiked) and the delay between tries.
+TILE_RETRIES = 2
+TILE_RETRY_DELAY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event of a running job (sent to listeners in the flow's process)."""
+
+    kind: str  # "planned" | "tile" | "finished"
+    total: int  # tiles to process (not skipped)
+    done: int  # of them, finished (including reused ones)
+    reused: int = 0
+    index: int | None = None  # the tile that just finished
+    seconds: float | None = None  # its own time on its worker
+    job_path: str | None = None
+
+
+_listeners: list[Callable[[Progress], None]] = []
+
+
+@contextlib.contextmanager
+def progress_listener(fn: Callable[[Progress], None]) -> Iterator[None]:
+    """Call ``fn(Progress)`` for every event of flows run in this process while inside."""
+    _listeners.append(fn)
+    try:
+        yield
+    finally:
+        _listeners.remove(fn)
+
+
+def _emit(event: Progress) -> None:
+    for fn in list(_listeners):
+        try:
+            fn(event)
+        except Exception:  # noqa: BLE001 - a broken progress bar must not fail a survey
+            pass
+
+
+class TileFailed(RuntimeError):
+    """A tile's unit of work raised; the message names the tile(s), the job and the cause."""
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+@task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
+def prepare_job(rgb: str, target: str, out: str, config: dict) -> dict:
+    """Validate, align, plan; returns the job file and the tiles still to run."""
+    job = pipelines.prepare(rgb, target, out, pipelines.JobConfig.from_dict(config))
+    todo = pipelines.pending(job)
+    active = [t.index for t in job.plan.tiles if not t.skip]
+    return {
+        "job_path": job.job_path, "tiles": len(job.plan.tiles), "active": len(active), "pending": todo,
+        "scale": job.scale, "warnings": list(job.warnings),
+    }
+
+
+@task(name="tile", cache_policy=NO_CACHE, persist_result=False, retries=TILE_RETRIES,
+      retry_delay_seconds=TILE_RETRY_DELAY_S)
+def tile_task(job_path: str, indices: list[int]) -> list[dict]:
+    """Super-resolve tiles ``indices`` of the job (one or a batch); a failure names them."""
+    try:
+        if len(indices) == 1:
+            results = [pipelines.run_tile(job_path, indices[0])]
+        else:
+            results = pipelines.run_tiles(job_path, list(indices))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the tile named
+        which = f"tile {indices[0]}" if len(indices) == 1 else "tiles " + ", ".join(map(str, indices))
+        raise TileFailed(f"{which} of job {job_path}: {type(exc).__name__}: {exc}") from exc
+    return [r.to_dict() for r in results]
+
+
+@task(name="finish", cache_policy=NO_CACHE, persist_result=False)
+def finish_job(job_path: str, results: list[dict]) -> dict:
+    """Stitch -> COG -> report JSON -> quick-look PNG."""
+    outs = pipelines.finish(job_path, [pipelines.TileResult.from_dict(r) for r in results])
+    return outs.to_dict()
+
+
+# ------------------------------------------------------------------------------------ flow
+
+
+def _batches(indices: Sequence[int], size: int) -> list[list[int]]:
+    size = max(1, int(size))
+    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+
+def _dask_client():
+    """The Dask client of the flow's task runner (``DaskTaskRunner``)."""
+    return get_run_context().task_runner.client
+
+
+@flow(name="superresolve-survey", task_runner=DaskTaskRunner(cluster_class="flows.cluster.EmbeddedCluster"),
+      persist_result=False, validate_parameters=False)
+def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = None, tiles_per_task: int = 1,
+                        tile_timeout_s: float | None = None, gpu: bool | None = None) -> dict:
+    """Super-resolve one survey: ``target`` (thermal/NIR/...) onto ``rgb``'s grid -> COG ``out``.
+
+    ``config``: ``pipelines.JobConfig`` fields (JSON-able, so deployments can take it);
+    ``tiles_per_task``: tiles per Prefect task (1: one task per tile); ``tile_timeout_s``: per
+    tile, scaled by the batch size; ``gpu``: request ``resources={"GPU": 1}`` per tile task
+    (None: when the cluster's workers declare a GPU resource)."""
+    logger = get_run_logger()
+    info = prepare_job(rgb, target, out, dict(config or {}))
+    job_path, todo = info["job_path"], list(info["pending"])
+    total, reused = info["active"], info["active"] - len(info["pending"])
+    for w in info["warnings"]:
+        logger.warning(w)
+    _emit(Progress("planned", total, reused, reused=reused, job_path=job_path))
+    client = _dask_client()
+    use_gpu = gpu_workers(client) if gpu is None else bool(gpu)
+    logger.info(f"{total} tile(s) to super-resolve, {reused} already done; scale {info['scale']}"
+                f"{'; one GPU per tile task' if use_gpu else ''}")
+
+    task_fn = tile_task
+    if tile_timeout_s:
+        task_fn = tile_task.with_options(timeout_seconds=float(tile_timeout_s) * max(1, tiles_per_task))
+    futures = []
+    # dask.annotate around submission: the annotation is read by Client.submit in this thread
+    # (Prefect's DaskTaskRunner takes no per-task resources argument).
+    with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
+        for batch in _batches(todo, tiles_per_task):
+            futures.append(task_fn.submit(job_path, batch))
+
+    results: list[dict] = []
+    failures: list[str] = []
+    done = reused
+    by_key = {f.wrapped_future.key: f for f in futures}
+    for dfut in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
+        pf = by_key[dfut.key]
+        try:
+            batch_results = pf.result()
+        except Exception as exc:  # noqa: BLE001 - collected; the flow fails after the others finish
+            failures.append(str(exc))
+            continue
+        for r in batch_results:
+            results.append(r)
+            done += 1
+            _emit(Progress("tile", total, done, reused=reused, index=r["index"], seconds=r["seconds"],
+                           job_path=job_path))
+    if failures:
+        head = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+        raise TileFailed(f"{len(failures)} tile task(s) failed ({done}/{total} tiles done, kept for resume): {head}")
+
+    outputs = finish_job(job_path, results)
+    _emit(Progress("finished", total, done, reused=reused, job_path=job_path))
+    summary = {**outputs, "job": job_path, "tiles": info["tiles"], "processed": total, "reused": reused,
+               "scale": info["scale"]}
+    logger.info(f"wrote {outputs['cog']}")
+    return summary
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def tile_count_hint(rgb: str, tile_size: int, assume_crs: str | None = None) -> int | None:
+    """Upper bound of the tile count from the RGB's size alone (sizes the embedded cluster
+    before the job is prepared); None when the file cannot be inspected (prepare will say why)."""
+    from tiling import rasters
+    from tiling.errors import InvalidInput
+
+    try:
+        g = rasters.inspect(rgb, "RGB", assume_crs).grid
+    except InvalidInput:
+        return None
+    return math.ceil(g.height / tile_size) * math.ceil(g.width / tile_size)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Engine settings of one run (the job's own settings are in ``pipelines.JobConfig``)."""
+
+    cluster: ClusterSpec = ClusterSpec()
+    tiles_per_task: int = 1
+    tile_timeout_s: float | None = None
+
+
+def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
+               options: RunOptions = RunOptions(), on_cluster: Callable[[ClusterHandle], None] | None = None):
+    """Run the flow with a temporary Prefect API (unless one is configured) and the cluster of
+    ``options``; returns the flow's final Prefect state (Completed with the summary, or Failed)."""
+    from .engine import prefect_api
+
+    hint = options.cluster.max_workers_hint
+    if hint is None and options.cluster.scheduler is None:
+        hint = tile_count_hint(rgb, config.tile_size, config.assume_crs)
+        if hint is not None:
+            hint = math.ceil(hint / max(1, options.tiles_per_task))
+    spec = ClusterSpec(**{**options.cluster.__dict__, "max_workers_hint": hint})
+    with prefect_api() as api:
+        with open_cluster(spec) as handle:  # starts while the temporary API boots
+            api.wait()
+            if on_cluster is not None:
+                on_cluster(handle)
+            if handle.gpu and config.device == "cpu":
+                config = config.replace(device="cuda")
+            f = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=handle.address))
+            return f(rgb, target, out, config=config.to_dict(), tiles_per_task=options.tiles_per_task,
+                     tile_timeout_s=options.tile_timeout_s, gpu=handle.gpu, return_state=True)
+
+
+def state_summary(state) -> dict[str, Any]:
+    """The flow's summary dict from a Completed state; raises the flow's error otherwise."""
+    return state.result(raise_on_failure=True)
+
+
+__all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
+           "prepare_job", "tile_task", "finish_job", "state_summary", "tile_count_hint"]
+
