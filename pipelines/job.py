@@ -352,6 +352,57 @@ def _fill_invalid(guide: np.ndarray, valid: np.ndarray, guide_range) -> np.ndarr
     return g
 
 
+@dataclass(frozen=True)
+class TileInputs:
+    """What a tile function sees for one tile (all bands), read from the job's files."""
+
+    spec: tplan.TileSpec
+    lr: np.ndarray  # (B, h, w) float32 target on the LR read window, NaN nodata, mirrored past the edge
+    guide: np.ndarray  # (H, W, C) float32 guide on the HR read window, invalid pixels filled
+    guide_valid: np.ndarray  # (H, W) bool: RGB valid and inside the mosaic
+
+
+def read_tile_inputs(job: Job, index: int) -> TileInputs:
+    """Boundless reads of tile ``index``'s HR guide and LR target windows (lazy arrays, this process)."""
+    spec = job.plan.tiles[index]
+    gi = job.guide
+    read_bands = job.guide_bands + ((gi.alpha_band,) if gi.alpha_band else ())
+    graw, g_inside = rasters.read_window(_lazy(gi.path, gi.block_shape), spec.read, read_bands)
+    g_valid = rasters.validity(graw, gi, read_bands) & g_inside
+    guide = _fill_invalid(graw[: len(job.guide_bands)], g_valid, job.guide_range)
+    lr, _ = rasters.read_window(_lazy(job.target_lr, (256, 256)), spec.lr_read,
+                                tuple(range(1, len(job.target_bands) + 1)))
+    return TileInputs(spec, lr, np.ascontiguousarray(np.moveaxis(guide, 0, -1)), g_valid)
+
+
+def finish_tile_band(job: Job, inputs: TileInputs, band: int, result: Any) -> tuple[np.ndarray, dict]:
+    """A tile function's result for one band -> (masked (H, W) float32, stats incl. consistency)."""
+    spec, s = inputs.spec, job.plan.scale
+    img, st = (result if isinstance(result, tuple) else (result, {}))
+    img = np.asarray(img, dtype=np.float32)
+    if img.shape != (spec.read.height, spec.read.width):
+        raise RuntimeError(
+            f"tile {spec.index}: tile function returned shape {img.shape}, expected {(spec.read.height, spec.read.width)}"
+        )
+    t_valid = np.isfinite(inputs.lr[band])
+    hr_valid = inputs.guide_valid & np.repeat(np.repeat(t_valid, s, axis=0), s, axis=1)
+    img = np.where(hr_valid, img, np.float32(np.nan))
+    return img, {**_consistency(img, inputs.lr[band], spec, s), **{k: v for k, v in st.items() if _small(v)}}
+
+
+def write_tile_result(job: Job, spec: tplan.TileSpec, out: np.ndarray, band_stats: list[dict],
+                      seconds: float, fn_seconds: float) -> TileResult:
+    """Save ``out`` (B, H, W) then its ``.json`` (the "finished" mark), each atomically."""
+    npy, meta = job.tile_paths(spec.index)
+    os.makedirs(os.path.dirname(npy), exist_ok=True)
+    _atomic_save_npy(npy, out)
+    stats = dict(band_stats[0]) if len(band_stats) == 1 else {"bands": band_stats}
+    stats["fn_seconds"] = fn_seconds  # the tile function; the rest of ``seconds`` is reading/writing
+    result = TileResult(spec.index, npy, False, False, seconds, spec.valid_fraction, stats)
+    _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}, default=_jsonable))
+    return result
+
+
 def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) -> TileResult:
     """The unit of work: read tile ``index``'s windows, super-resolve band by band, write
     ``<work_dir>/tiles/<index>.npy`` (+ ``.json``) atomically. A finished tile is reused."""
@@ -359,7 +410,6 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
     if not 0 <= index < len(job.plan.tiles):
         raise IndexError(f"tile {index}: the plan has {len(job.plan.tiles)} tiles")
     spec = job.plan.tiles[index]
-    npy, meta = job.tile_paths(index)
     if job.config.resume:
         done = _finished(job, index)
         if done is not None:
@@ -367,45 +417,23 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
     t0 = time.perf_counter()
     if spec.skip:
         result = TileResult(index, None, True, False, 0.0, spec.valid_fraction, {})
+        meta = job.tile_paths(index)[1]
+        os.makedirs(os.path.dirname(meta), exist_ok=True)
         _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}))
         return result
     fn = tilefn.resolve(job.config, tile_fn)
-    s = job.plan.scale
-    gi = job.guide
-    read_bands = job.guide_bands + ((gi.alpha_band,) if gi.alpha_band else ())
-    graw, g_inside = rasters.read_window(_lazy(gi.path, gi.block_shape), spec.read, read_bands)
-    g_valid = rasters.validity(graw, gi, read_bands) & g_inside
-    guide = _fill_invalid(graw[: len(job.guide_bands)], g_valid, job.guide_range)
-    guide_hwc = np.ascontiguousarray(np.moveaxis(guide, 0, -1))
-    lr, lr_inside = rasters.read_window(_lazy(job.target_lr, (256, 256)), spec.lr_read,
-                                        tuple(range(1, len(job.target_bands) + 1)))
+    inputs = read_tile_inputs(job, index)
     out = np.empty((len(job.target_bands), spec.read.height, spec.read.width), dtype=np.float32)
     band_stats = []
     fn_seconds = 0.0
     for b in range(len(job.target_bands)):
         ctx = tilefn.TileContext(job.config, job.target_range[b], job.guide_range, job.config.seed + index, index, b)
-        t_valid = np.isfinite(lr[b])
-        hr_valid = g_valid & np.repeat(np.repeat(t_valid, s, axis=0), s, axis=1)
         tf = time.perf_counter()
-        res = fn(lr[b], guide_hwc, s, ctx)
+        res = fn(inputs.lr[b], inputs.guide, job.plan.scale, ctx)
         fn_seconds += time.perf_counter() - tf
-        img, st = (res if isinstance(res, tuple) else (res, {}))
-        img = np.asarray(img, dtype=np.float32)
-        if img.shape != (spec.read.height, spec.read.width):
-            raise RuntimeError(
-                f"tile {index}: tile function returned shape {img.shape}, expected {(spec.read.height, spec.read.width)}"
-            )
-        img = np.where(hr_valid, img, np.float32(np.nan))
-        out[b] = img
-        band_stats.append({**_consistency(img, lr[b], spec, s), **{k: v for k, v in st.items() if _small(v)}})
-    os.makedirs(os.path.dirname(npy), exist_ok=True)
-    _atomic_save_npy(npy, out)
-    stats = dict(band_stats[0]) if len(band_stats) == 1 else {"bands": band_stats}
-    seconds = time.perf_counter() - t0
-    stats["fn_seconds"] = fn_seconds  # the tile function; the rest of ``seconds`` is reading/writing
-    result = TileResult(index, npy, False, False, seconds, spec.valid_fraction, stats)
-    _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}, default=_jsonable))
-    return result
+        out[b], st = finish_tile_band(job, inputs, b, res)
+        band_stats.append(st)
+    return write_tile_result(job, spec, out, band_stats, time.perf_counter() - t0, fn_seconds)
 
 
 def _small(v: Any) -> bool:
