@@ -154,6 +154,15 @@ def print_tables(summary: list[dict]) -> str:
     return text
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["dataset", "scene", "method", "psnr", "psnr_shave4", "ssim", "rmse", "seconds", "cpu_seconds",
+              "iterations", "mean_warp_px"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _git_state() -> str:
     """HEAD commit, plus '+dirty' when cmsr/ has uncommitted changes (numbers depend on them)."""
     try:
@@ -185,23 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     specs = [MethodSpec.parse(m) for m in args.methods]
     datasets = args.datasets or sorted(p.name for p in DATA.iterdir() if p.is_dir())
+    OUT.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for ds in datasets:
         for name in scenes(ds, args.only, args.scenes):
             for spec in specs:
                 row = run_one(ds, name, spec, args)
                 rows.append(row)
+                _write_csv(OUT / f"{args.tag}.csv", rows)  # after every pair: a cut-short run still counts
                 print(f"{ds}/{name} {spec.name}: PSNR {row['psnr']:.2f} shave4 {row['psnr_shave4']:.2f} "
                       f"SSIM {row['ssim']:.4f} {row['seconds']:.1f}s", flush=True)
     summary = summarise(rows)
     text = print_tables(summary)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / f"{args.tag}.csv", "w", newline="") as f:
-        fields = ["dataset", "scene", "method", "psnr", "psnr_shave4", "ssim", "rmse", "seconds", "cpu_seconds",
-                  "iterations", "mean_warp_px"]
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
     meta = {"argv": sys.argv[1:] if argv is None else argv, "iters_cap": args.iters, "device": args.device,
             "threads": args.threads, "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "default_preset": cmsr.DEFAULT_PRESET, "git": _git_state()}
