@@ -147,6 +147,14 @@ class _Guide:
         return sample(self.level(base), self.warped_points(pts))
 
 
+def choose_base_kind(lr: torch.Tensor, valid: torch.Tensor, config: CMSRConfig, gd: _Guide | None) -> str:
+    """The base of this image (``config.base``, or for ``auto`` the internal-reconstruction choice
+    at /``AUTO_BASE_FACTOR``). Called once per image before the first stage."""
+    if config.base != "auto":
+        return config.base
+    return _ReconCheck(lr, valid, AUTO_BASE_FACTOR, config, gd).choose_base()
+
+
 def _check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int) -> None:
     if lr.ndim != 2:
         raise ValueError(f"lr must be (h, w), got shape {tuple(lr.shape)}")
@@ -263,8 +271,7 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
             g["lr"] = policy.lr * g["ratio"]
         recon = _ReconCheck(lr_t, valid_t, factor, config, gd)
         if base_kind is None:  # decided once, before training, with the warp at identity
-            base_kind = config.base if config.base != "auto" else \
-                _ReconCheck(lr_t, valid_t, AUTO_BASE_FACTOR, config, gd).choose_base()
+            base_kind = choose_base_kind(lr_t, valid_t, config, gd)
         recon.set_base(base_kind)
         iters = 0
         for it in range(config.max_iters):
