@@ -13,6 +13,14 @@ x4 in the paper preset):
    masked by the valid mask carried through the augmentation. Adam, batch 1. ZSSR's lr policy.
 2. infer: 8-way geometric self-ensemble of ``up(LR) + F_sr + F_g(warped guide at the stage grid)``,
    back-projection of every member, pixel-wise median, back-projection again.
+
+Where this differs from the official TensorFlow code (all small, all deliberate): values are not
+clipped to [0, 1] (``cmsr.api`` normalises with robust statistics, so hot spots may exceed 1);
+father pixels that an affine augmentation takes outside the source are masked out of the loss
+instead of being trained on as zeros; the guide is sampled with border replication; the mid-scale
+warp is a stationary velocity field integrated by scaling-and-squaring instead of CPAB (see
+``cmsr.warp``); the deformed guide is sampled at the crop's points only. Non-power-of-two scales
+run gradually through the powers of two below them (see ``CMSRConfig.stage_factors``).
 """
 
 from __future__ import annotations
