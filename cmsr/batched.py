@@ -39,7 +39,8 @@ from .config import CMSRConfig
 from .resize import degrade_torch, upsample_torch
 from .runtime import AmpChoice, DevicePolicy, device_policy, free_memory_bytes
 from . import train as _train
-from .train import TrainOutput, _check_inputs, _Guide, _load_init_state, _LRPolicy, _ReconCheck, infer_stage
+from .train import (TrainOutput, _check_inputs, _Guide, _load_init_state, _LRPolicy, _ReconCheck, choose_base_kind,
+                    infer_stage)
 from .warp import GuideWarp, pixel_centers, to_normalized
 
 BatchProgressFn = Callable[[int, int, float, float], None]
@@ -100,67 +101,93 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target).abs() * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1.0)
 
 
-class _StackedAdam:
-    """Adam (torch.optim.Adam's arithmetic) on stacked tensors, per-tile lr and step count."""
+class _Flat:
+    """Per-tile tensors of several shapes packed row-wise into one (K, P) leaf, with its Adam state.
 
-    def __init__(self, params: M.Params, ratios: dict[str, float]) -> None:
-        self.ratios = ratios
-        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.v = {k: torch.zeros_like(v) for k, v in params.items()}
-        k_tiles = next(iter(params.values())).shape[0]
-        self.steps = np.zeros(k_tiles, dtype=np.int64)
+    Why: one Adam update is then ~6 kernels for all tensors and tiles (not ~10 per tensor), one
+    ``index_select`` gathers the active tiles' weights, and per-tile learning rates broadcast as a
+    (K, 1) column times the per-element lr multipliers. Adam is torch.optim.Adam's arithmetic.
+    """
+
+    def __init__(self, dicts: Sequence[dict[str, torch.Tensor]], ratios: dict[str, float],
+                 device: torch.device) -> None:
+        self.keys = list(dicts[0])
+        self.shapes = {k: tuple(dicts[0][k].shape) for k in self.keys}
+        self.slices: dict[str, tuple[int, int]] = {}
+        off = 0
+        for k in self.keys:
+            n = int(np.prod(self.shapes[k]))
+            self.slices[k] = (off, off + n)
+            off += n
+        rows = [torch.cat([d[k].detach().reshape(-1).float() for k in self.keys]) for d in dicts]
+        self.data = torch.stack(rows).to(device).requires_grad_()
+        self.ratio = torch.cat([torch.full((self.slices[k][1] - self.slices[k][0],), float(ratios[k]))
+                                for k in self.keys]).to(device)
+        self.m = torch.zeros_like(self.data, requires_grad=False)
+        self.v = torch.zeros_like(self.data, requires_grad=False)
+        self.steps = np.zeros(len(dicts), dtype=np.int64)
+
+    def rows(self, idx: torch.Tensor | None) -> torch.Tensor:
+        return self.data if idx is None else self.data.index_select(0, idx)
+
+    def views(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(n, P) -> {key: (n, *shape)} views (differentiable)."""
+        n = rows.shape[0]
+        return {k: rows[:, a:b].view(n, *self.shapes[k]) for k, (a, b) in self.slices.items()}
+
+    def state(self, index: int) -> dict[str, torch.Tensor]:
+        """Tile ``index``'s tensors, detached CPU copies."""
+        return {k: v[0].detach().cpu().clone() for k, v in self.views(self.data[index:index + 1]).items()}
 
     @torch.no_grad()
-    def step(self, params: M.Params, active: list[int], active_t: torch.Tensor | None, lrs: np.ndarray) -> None:
-        """Update the tiles ``active`` (positions; ``active_t`` their index tensor, None = all)."""
+    def step(self, active: list[int], lrs: np.ndarray) -> None:
+        """One Adam step of the tiles at positions ``active`` (learning rates ``lrs``); others untouched."""
+        g = self.data.grad
+        if g is None or not active:
+            return
         self.steps[active] += 1
         steps = self.steps[active].astype(np.float64)
-        bc1 = 1.0 - _BETA1 ** steps
-        bc2_sqrt = np.sqrt(1.0 - _BETA2 ** steps)
-        for key, p in params.items():
-            g = p.grad
-            if g is None:
-                continue
-            shape = (-1,) + (1,) * (p.ndim - 1)
-            size = torch.as_tensor(lrs * self.ratios[key] / bc1, dtype=p.dtype).reshape(shape).to(p.device, non_blocking=True)
-            bc2 = torch.as_tensor(bc2_sqrt, dtype=p.dtype).reshape(shape).to(p.device, non_blocking=True)
-            if active_t is None:
-                m, v, pv, gv = self.m[key], self.v[key], p.data, g
-            else:
-                m, v = self.m[key].index_select(0, active_t), self.v[key].index_select(0, active_t)
-                pv, gv = p.data.index_select(0, active_t), g.index_select(0, active_t)
-            m.lerp_(gv, 1 - _BETA1)
-            v.mul_(_BETA2).addcmul_(gv, gv, value=1 - _BETA2)
-            denom = (v.sqrt() / bc2).add_(_EPS)
-            pv.sub_(size * m / denom)
-            if active_t is not None:
-                self.m[key].index_copy_(0, active_t, m)
-                self.v[key].index_copy_(0, active_t, v)
-                p.data.index_copy_(0, active_t, pv)
+        dev, dt = self.data.device, self.data.dtype
+        size = torch.as_tensor(np.asarray(lrs, np.float64) / (1.0 - _BETA1 ** steps), dtype=dt).to(dev, non_blocking=True)
+        bc2 = torch.as_tensor(np.sqrt(1.0 - _BETA2 ** steps), dtype=dt).to(dev, non_blocking=True)
+        everyone = len(active) == self.data.shape[0]
+        idx = None if everyone else torch.as_tensor(active, device=dev)
+        if idx is None:
+            m, v, pv, gv = self.m, self.v, self.data.data, g
+        else:
+            m, v = self.m.index_select(0, idx), self.v.index_select(0, idx)
+            pv, gv = self.data.data.index_select(0, idx), g.index_select(0, idx)
+        m.lerp_(gv, 1 - _BETA1)
+        v.mul_(_BETA2).addcmul_(gv, gv, value=1 - _BETA2)
+        denom = (v.sqrt() / bc2[:, None]).add_(_EPS)
+        pv.sub_((size[:, None] * self.ratio[None, :]) * m / denom)
+        if idx is not None:
+            self.m.index_copy_(0, idx, m)
+            self.v.index_copy_(0, idx, v)
+            self.data.data.index_copy_(0, idx, pv)
 
 
 class _StackedWarp:
     """K identity-initialised :class:`GuideWarp` s evaluated as one vmapped computation."""
 
-    def __init__(self, warps: list[GuideWarp]) -> None:
+    def __init__(self, warps: list[GuideWarp], ratios: dict[str, float], device: torch.device) -> None:
         self.warps = warps
         self.template = warps[0]
         self.buffers = dict(self.template.named_buffers())
-        names = [n for n, _ in self.template.named_parameters()]
-        self.params = {n: torch.stack([dict(w.named_parameters())[n].detach() for w in warps]).clone().requires_grad_()
-                       for n in names}
+        self.flat = _Flat([dict(w.named_parameters()) for w in warps], ratios, device)
         self._map = vmap(lambda p, pts: functional_call(self.template, (p, self.buffers), (pts,)))
 
-    def __call__(self, params: dict[str, torch.Tensor], points: torch.Tensor) -> torch.Tensor:
-        """``points`` (n, N, 2) -> warped (n, N, 2), tile i by ``params[...][i]``."""
-        return self._map(params, points)
+    def __call__(self, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``points`` (n, N, 2) -> warped (n, N, 2), tile i by parameter row ``rows[i]``."""
+        return self._map(self.flat.views(rows), points)
 
     @torch.no_grad()
     def write_back(self) -> None:
-        """Copy the trained stacked parameters into the per-tile modules."""
+        """Copy the trained parameters into the per-tile modules."""
+        views = self.flat.views(self.flat.data)
         for i, w in enumerate(self.warps):
             for n, p in w.named_parameters():
-                p.copy_(self.params[n][i])
+                p.copy_(views[n][i])
 
 
 # --- batch size --------------------------------------------------------------------------------
@@ -277,16 +304,13 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
                                              guide_depth=config.guide_depth, guide_width=config.guide_width,
                                              init_variance=config.init_variance, seed=s), init)
               for s, init in zip(seeds, inits)]
-    net = {k: v.to(dev).requires_grad_() for k, v in stack_states(states).items()}
-    ratios = {k: (1.0 if k.startswith("sr.") else config.lr_ratio_guide) for k in net}
-    warp = _StackedWarp([t.warp for t in tiles]) if use_warp else None  # type: ignore[misc]
-    params: dict[str, torch.Tensor] = dict(net)
-    if warp is not None:
-        wr = {"affine": config.lr_ratio_affine, "velocity": config.lr_ratio_svf, "tps_offsets": config.lr_ratio_tps}
-        for name, p in warp.params.items():
-            params["warp." + name] = p
-            ratios["warp." + name] = wr[name]
-    adam = _StackedAdam(params, ratios)
+    ratios = {k: (1.0 if k.startswith("sr.") else config.lr_ratio_guide) for k in states[0]}
+    net = _Flat(states, ratios, dev)
+    warp = None
+    if use_warp:
+        warp = _StackedWarp([t.warp for t in tiles], {"affine": config.lr_ratio_affine,  # type: ignore[misc]
+                                                      "velocity": config.lr_ratio_svf,
+                                                      "tps_offsets": config.lr_ratio_tps}, dev)
     last_loss = torch.full((k_tiles,), float("nan"), device=dev)
     guide_cache: dict[int, torch.Tensor] = {}
 
@@ -296,13 +320,15 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             guide_cache[base] = torch.stack(imgs)
         return guide_cache[base]
 
-    def sub(d: dict[str, torch.Tensor], idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return d if idx is None else {k: v.index_select(0, idx) for k, v in d.items()}
-
+    kinds: list[str] | None = None
     for factor in config.stage_factors(scale):
         for t in tiles:
             t.lr_policy = _LRPolicy(config)
         recon = [_ReconCheck(t.lr, t.valid, factor, config, t.gd) for t in tiles]
+        if kinds is None:  # each tile's non-learned base, decided once before training (warp at identity)
+            kinds = [choose_base_kind(t.lr, t.valid, config, t.gd) for t in tiles]
+        for r, kind in zip(recon, kinds):
+            r.set_base(kind)
         check_up = torch.stack([r.up for r in recon])[:, None]
         check_target = torch.stack([r.target for r in recon])
         check_mask = torch.stack([r.mask for r in recon])
@@ -316,18 +342,22 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
                 break
             augs = {p: sample_augmentation(tiles[p].rng, [tuple(s[1].shape) for s in tiles[p].sources],
                                            [s[0] for s in tiles[p].sources], factor, config) for p in active}
-            total = _batched_losses(augs, active, src_stacks, params, net, warp, guide_stack, factor, config,
-                                    policy, conv_impl, last_loss, sub)
-            for p in params.values():
-                p.grad = None
+            warp_on = [p for p in active if tiles[p].iterations + it >= config.warp_warmup_iters]
+            total = _batched_losses(augs, src_stacks, net, warp, guide_stack, factor, config,
+                                    policy, conv_impl, last_loss, kinds, bool(warp_on))
+            net.data.grad = None
+            if warp is not None:
+                warp.flat.data.grad = None
             total.backward()
-            active_t = None if len(active) == k_tiles else torch.as_tensor(active, device=dev)
-            adam.step(params, active, active_t, np.asarray([tiles[p].lr_policy.lr for p in active]))
+            lrs_now = {p: tiles[p].lr_policy.lr for p in active}
+            net.step(active, np.asarray([lrs_now[p] for p in active]))
+            if warp is not None:  # a tile's warp is frozen during its warm-up (no grad, no Adam step)
+                warp.flat.step(warp_on, np.asarray([lrs_now[p] for p in warp_on]))
             for p in active:
                 stage_iters[p] = it + 1
             if it % config.run_test_every == 0:
-                errs = _recon_errors(active, params, net, warp, check_up, check_target, check_mask, check_points,
-                                     guide_stack, policy, conv_impl, sub)
+                errs = _recon_errors(active, net, warp, check_up, check_target, check_mask, check_points,
+                                     guide_stack, policy, conv_impl)
                 for p, e in zip(active, errs):
                     tiles[p].lr_policy.record(it, e)
                     if progress is not None:
@@ -343,10 +373,11 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             warp.write_back()
         for p, t in enumerate(tiles):
             t.iterations += stage_iters[p]
-            weights = {k: v[p].detach() for k, v in net.items()}
-            out = infer_stage(weights, t.lr, t.gd, factor, config)
+            weights = {k: v[p].detach() for k, v in net.views(net.data).items()}
+            out = infer_stage(weights, t.lr, t.gd, factor, config, kinds[p])
             pol = t.lr_policy
             t.stage_stats.append({"factor": factor, "iterations": stage_iters[p], "final_loss": losses[p],
+                                  "base": kinds[p],
                                   "final_lr": pol.lr, "recon_mse": pol.errors[-1] if pol.errors else None})
             up_valid = t.valid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
             t.sources.append((factor, out.detach(), up_valid))
@@ -367,23 +398,22 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             "stages": t.stage_stats,
             "use_guide": use_guide,
             "use_warp": use_warp,
+            "base": kinds[p] if kinds else None,
             "mean_warp_px": float(np.mean(np.hypot(disp[..., 0], disp[..., 1]))) if disp is not None else 0.0,
         }
         outs.append(TrainOutput(image=t.sources[-1][1].detach().float().cpu(), stats=stats, displacement=disp,
-                                weights=unstack_state(net, p)))
+                                weights=net.state(p)))
     return outs
 
 
-def _batched_losses(augs: dict[int, Augmentation], active: list[int], src_stacks: list[tuple[int, torch.Tensor]],
-                    params: dict[str, torch.Tensor], net: M.Params, warp: _StackedWarp | None,
-                    guide_stack: Callable[[int], torch.Tensor], factor: int, config: CMSRConfig,
-                    policy: DevicePolicy, conv_impl: ConvImpl, last_loss: torch.Tensor,
-                    sub: Callable) -> torch.Tensor:
+def _batched_losses(augs: dict[int, Augmentation], src_stacks: list[tuple[int, torch.Tensor]], net: _Flat,
+                    warp: _StackedWarp | None, guide_stack: Callable[[int], torch.Tensor], factor: int,
+                    config: CMSRConfig, policy: DevicePolicy, conv_impl: ConvImpl, last_loss: torch.Tensor,
+                    kinds: list[str], warp_grad: bool) -> torch.Tensor:
     """Sum over the active tiles of (loss_sr + loss_full) for this iteration's fathers."""
     dev = policy.device
     groups: dict[tuple[int, int], list[int]] = {}
-    for p in active:
-        a = augs[p]
+    for p, a in augs.items():
         groups.setdefault((a.coords.shape[0], a.source_index), []).append(p)
     total = torch.zeros((), device=dev)
     by_side: dict[int, list[tuple[int, list[int]]]] = {}
@@ -407,19 +437,15 @@ def _batched_losses(augs: dict[int, Augmentation], active: list[int], src_stacks
         father = torch.cat(fathers)
         mask = torch.cat(masks)
         n = len(order)
-        idx_t = None if order == list(range(next(iter(net.values())).shape[0])) else torch.as_tensor(order, device=dev)
+        idx_t = None if order == list(range(net.data.shape[0])) else torch.as_tensor(order, device=dev)
         son = degrade_torch(father, factor, config.degradation)  # type: ignore[arg-type]
-        up = _net_input(son, factor, config)
-        w_sub = sub(net, idx_t)
-        with policy.autocast():
-            res = stacked_chain(w_sub, "sr", up[:, None], conv_impl, policy.channels_last)
-        sr_out = up + res[:, 0].float()
-        loss_sr = _masked_l1(sr_out, father, mask)
-        loss = loss_sr
-        if M.has_guide_branch(net):
+        w_sub = net.views(net.rows(idx_t))
+        gcrop = None
+        if M.has_guide_branch(w_sub):
             pts = torch.cat(pts_list).reshape(n, -1, 2)
             if warp is not None:
-                pts = warp(sub(warp.params, idx_t), pts)
+                with torch.set_grad_enabled(warp_grad):
+                    pts = warp(warp.flat.rows(idx_t), pts)
             crops, start = [], 0
             for (base, cnt) in bases:
                 gimg = guide_stack(base)
@@ -429,6 +455,13 @@ def _batched_losses(augs: dict[int, Augmentation], active: list[int], src_stacks
                 crops.append(g.reshape(cnt, gimg.shape[1], side, side))
                 start += cnt
             gcrop = torch.cat(crops)
+        up = _net_input(son, factor, config, [kinds[p] for p in order], gcrop)
+        with policy.autocast():
+            res = stacked_chain(w_sub, "sr", up[:, None], conv_impl, policy.channels_last)
+        sr_out = up + res[:, 0].float()
+        loss_sr = _masked_l1(sr_out, father, mask)
+        loss = loss_sr
+        if gcrop is not None:
             with policy.autocast():
                 gres = stacked_chain(w_sub, "g", gcrop, conv_impl, policy.channels_last)
             full = sr_out.detach() + gres[:, 0].float()
@@ -440,10 +473,21 @@ def _batched_losses(augs: dict[int, Augmentation], active: list[int], src_stacks
     return total
 
 
-def _net_input(son: torch.Tensor, factor: int, config: CMSRConfig) -> torch.Tensor:
-    """The non-learned base under the residual, exactly as the sequential trainer makes it."""
-    base = getattr(_train, "_base", None)
-    return base(son, factor, config) if base is not None else upsample_torch(son, factor)
+@torch.no_grad()
+def _net_input(son: torch.Tensor, factor: int, config: CMSRConfig, kinds: list[str],
+               guide_crops: torch.Tensor | None) -> torch.Tensor:
+    """The non-learned base under the residuals (n, s, s), exactly as the sequential trainer makes it.
+
+    ``bicubic`` and ``bp`` bases are computed for the whole batch at once; ``guided`` (a per-pixel
+    float64 filter) per tile with the sequential trainer's own function.
+    """
+    if all(k == "bicubic" for k in kinds):
+        return upsample_torch(son, factor)
+    if all(k == "bp" for k in kinds):
+        return _train.back_project(upsample_torch(son, factor), son, factor, config.base_bp_rounds,
+                                   config.degradation)
+    return torch.stack([_train._base(son[i], factor, config, k, None if guide_crops is None else guide_crops[i].detach())
+                        for i, k in enumerate(kinds)])
 
 
 def _extract(src: torch.Tensor, coords: torch.Tensor, interpolate: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,25 +522,24 @@ def _extract(src: torch.Tensor, coords: torch.Tensor, interpolate: list[bool]) -
 
 
 @torch.no_grad()
-def _recon_errors(active: list[int], params: dict[str, torch.Tensor], net: M.Params, warp: _StackedWarp | None,
-                  check_up: torch.Tensor, check_target: torch.Tensor, check_mask: torch.Tensor,
-                  check_points: torch.Tensor, guide_stack: Callable[[int], torch.Tensor], policy: DevicePolicy,
-                  conv_impl: ConvImpl, sub: Callable) -> list[float]:
+def _recon_errors(active: list[int], net: _Flat, warp: _StackedWarp | None, check_up: torch.Tensor,
+                  check_target: torch.Tensor, check_mask: torch.Tensor, check_points: torch.Tensor,
+                  guide_stack: Callable[[int], torch.Tensor], policy: DevicePolicy, conv_impl: ConvImpl) -> list[float]:
     """ZSSR's reconstruction error (MSE of the net on the degraded LR) of each active tile: one sync."""
     dev = policy.device
     k_tiles = check_up.shape[0]
     idx = None if len(active) == k_tiles else torch.as_tensor(active, device=dev)
     up = check_up if idx is None else check_up.index_select(0, idx)
-    w_sub = sub(net, idx)
+    w_sub = net.views(net.rows(idx))
     n = up.shape[0]
     hc, wc = up.shape[-2:]
     with policy.autocast():
         res = stacked_chain(w_sub, "sr", up, conv_impl, policy.channels_last)
     out = up[:, 0] + res[:, 0].float()
-    if M.has_guide_branch(net):
+    if M.has_guide_branch(w_sub):
         pts = check_points.expand(n, -1, -1)
         if warp is not None:
-            pts = warp(sub(warp.params, idx), pts)
+            pts = warp(warp.flat.rows(idx), pts)
         gimg = guide_stack(1)
         gimg = gimg if idx is None else gimg.index_select(0, idx)
         g = F.grid_sample(gimg, pts.unsqueeze(1).to(gimg.dtype), mode="bilinear", padding_mode="border",

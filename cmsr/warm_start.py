@@ -1,0 +1,140 @@
+"""Survey warm start: pretrain the networks on a few representative tiles, fine-tune every tile briefly.
+
+Why: the tiles of one survey share the sensor pair's statistics (how thermal/NIR relates to
+RGB, the degradation, the noise), which is what most of F_sr's and F_g's 1600 iterations learn.
+Learning it once and starting every tile from it leaves each tile only its own specifics to
+learn. What stays per tile, because it is what makes CMSR CMSR: its own internal training on
+its own pair (fine-tuning, with its own father/son stream and lr policy) and its own warp,
+learned from the identity (misalignment varies across a mosaic and is never transferred).
+
+Fine-tuning uses :func:`cmsr.batched.train_tiles` (or the sequential trainer) with
+``finetune_config``: one stage straight at the final scale (no gradual x2 stage), a short
+iteration budget, the lr policy free to stop earlier. Measured speed and quality are in
+benchmarks/RESULTS.md ("Throughput").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import model as M
+from .batched import BatchProgressFn, ConvImpl, train_tiles
+from .config import CMSRConfig
+from .runtime import AmpChoice
+from .train import TrainOutput, super_resolve_normalized
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """How the survey warm start is made and used.
+
+    representatives: tiles trained fully (the preset's whole schedule), one after the other,
+        each starting from the previous one's weights.
+    min_valid_fraction: tiles with less valid (non-nodata) LR are never representatives.
+    finetune_iters: iteration cap of each tile's fine-tune (one stage at the final scale).
+    finetune_min_iters: the lr policy's ``min_iters`` while fine-tuning.
+    finetune_gradual: keep the preset's gradual stages while fine-tuning (slower, rarely better).
+    finetune_learning_rate: Adam's initial lr while fine-tuning; None = the preset's.
+    """
+
+    representatives: int = 2
+    min_valid_fraction: float = 0.9
+    finetune_iters: int = 160
+    finetune_min_iters: int = 60
+    finetune_gradual: bool = False
+    finetune_learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.representatives < 1 or self.finetune_iters < 1 or self.finetune_min_iters < 0:
+            raise ValueError("representatives and finetune_iters must be >= 1, finetune_min_iters >= 0")
+
+
+def finetune_config(config: CMSRConfig, warm: WarmStartConfig = WarmStartConfig()) -> CMSRConfig:
+    """The per-tile config after a warm start: ``config`` with the fine-tune budget."""
+    changes: dict = {"max_iters": warm.finetune_iters, "min_iters": warm.finetune_min_iters}
+    if not warm.finetune_gradual:
+        changes["gradual"] = False
+        changes["scale_schedule"] = None
+    if warm.finetune_learning_rate is not None:
+        changes["learning_rate"] = warm.finetune_learning_rate
+    return config.replace(**changes)
+
+
+def pick_representatives(lrs: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], count: int,
+                         min_valid_fraction: float = 0.9) -> list[int]:
+    """``count`` tile indices spread over the survey's range of texture (LR gradient energy).
+
+    Why texture quantiles: a flat tile teaches the nets little, the busiest one is atypical; tiles
+    at evenly spaced quantiles (the median first) cover what most tiles look like. Tiles with too
+    much nodata are skipped unless nothing else is left.
+    """
+    energy, candidates = [], []
+    for i, (lr, valid) in enumerate(zip(lrs, valids)):
+        v = valid.to(torch.bool)
+        frac = float(v.float().mean())
+        gy = (lr[1:, :] - lr[:-1, :]).abs()[(v[1:, :] & v[:-1, :])]
+        gx = (lr[:, 1:] - lr[:, :-1]).abs()[(v[:, 1:] & v[:, :-1])]
+        e = float(torch.cat([gy, gx]).mean()) if gy.numel() + gx.numel() else 0.0
+        energy.append(e)
+        if frac >= min_valid_fraction:
+            candidates.append(i)
+    if not candidates:
+        candidates = list(range(len(lrs)))
+    count = min(count, len(candidates))
+    ranked = sorted(candidates, key=lambda i: energy[i])
+    qs = [0.5] + [q for q in np.linspace(0.2, 0.8, max(count - 1, 1))][: count - 1]
+    picks: list[int] = []
+    for q in qs:
+        j = ranked[min(len(ranked) - 1, int(round(q * (len(ranked) - 1))))]
+        if j not in picks:
+            picks.append(j)
+    for j in ranked:  # fill up if quantiles collided
+        if len(picks) >= count:
+            break
+        if j not in picks:
+            picks.append(j)
+    return picks
+
+
+def pretrain(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
+             scale: int, config: CMSRConfig, *, seed: int = 0, device: str | torch.device = "cpu",
+             warm: WarmStartConfig = WarmStartConfig()) -> M.Params:
+    """Network weights learned on ``warm.representatives`` representative tiles (CPU tensors).
+
+    Each representative is trained with the full ``config`` (the preset's whole schedule), the
+    next one starting from the previous one's weights. The warps learned there are discarded.
+    """
+    if not lrs:
+        raise ValueError("pretrain needs at least one tile")
+    state: M.Params | None = None
+    for j, i in enumerate(pick_representatives(lrs, valids, warm.representatives, warm.min_valid_fraction)):
+        out = super_resolve_normalized(lrs[i], guides[i], valids[i], scale, config, seed=seed + j, device=device,
+                                       init_state=state)
+        if out.weights is None:
+            raise RuntimeError("the trainer returned no weights to warm-start from")
+        state = out.weights
+    assert state is not None
+    return state
+
+
+def warm_start_tiles(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
+                     scale: int, config: CMSRConfig, *, seeds: Sequence[int], device: str | torch.device = "cpu",
+                     warm: WarmStartConfig = WarmStartConfig(), state: M.Params | None = None,
+                     progress: BatchProgressFn | None = None, amp: AmpChoice = "auto",
+                     conv_impl: ConvImpl = "grouped", max_batch: int | None = None
+                     ) -> tuple[M.Params, list[TrainOutput]]:
+    """Pretrain (unless ``state`` is given) then fine-tune every tile from it, batched.
+
+    Returns the warm-start weights (reuse them for the survey's other batches) and one
+    :class:`TrainOutput` per tile.
+    """
+    if state is None:
+        state = pretrain(lrs, guides, valids, scale, config, seed=int(seeds[0]) if len(seeds) else 0,
+                         device=device, warm=warm)
+    outs = train_tiles(lrs, guides, valids, scale, finetune_config(config, warm), seeds=seeds, device=device,
+                       init_state=state, progress=progress, amp=amp, conv_impl=conv_impl, max_batch=max_batch)
+    return state, outs
