@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -242,7 +242,13 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         except (ValueError, KeyError, json.JSONDecodeError):
             old = None
         if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
-            return old  # same plan: keep the LR target and the statistics (and the tiles)
+            # same plan: keep the LR target, the statistics and the tiles; settings that do not
+            # change tile results (stitch, compress, quick-look, ...) come from this call
+            if old.config == config:
+                return old
+            job = replace(old, config=config)
+            _atomic_write_text(job_path, json.dumps(job.to_dict(), indent=1))
+            return job
 
     guide_info, job_guide_bands = rgb_info, guide_bands
     if not rgb_info.grid.is_north_up:  # the only case the RGB is resampled: onto the HR grid

@@ -150,6 +150,10 @@ def test_resume_runs_only_missing_tiles(s2, tmp_path):
     assert sorted(calls) == todo[7:]
     rep = json.load(open(res.report))
     assert rep["totals"]["reused"] == 7
+    # a setting that does not change tiles (stitch) reuses them all, and is the one used
+    again = pipelines.prepare(s2["rgb"], s2["nir40"], out, cfg.replace(stitch="feather"))
+    assert again.config.stitch == "feather" and pipelines.pending(again) == []
+    assert pipelines.load_job(again.job_path).config.stitch == "feather"
     # another setting -> another plan key -> nothing reused
     calls.clear()
     pipelines.superresolve(s2["rgb"], s2["nir40"], out, cfg.replace(seed=1), tile_fn=counting)
