@@ -551,3 +551,54 @@ def _recon_errors(active: list[int], net: _Flat, warp: _StackedWarp | None, chec
     mask = (check_mask if idx is None else check_mask.index_select(0, idx)).to(out.dtype)
     err = (((out - target) ** 2) * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1.0)
     return err.cpu().tolist()
+
+
+# --- the API-level entry (what pipelines.run_tiles calls) ----------------------------------------
+def run_batch(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int, config: CMSRConfig | None = None,
+              *, seeds: Sequence[int], device: str | torch.device = "cpu",
+              target_range: tuple[float, float] | None = None, guide_range: np.ndarray | None = None,
+              init_state: M.Params | None = None, amp: AmpChoice = "auto", conv_impl: ConvImpl = "grouped",
+              max_batch: int | None = None) -> list:
+    """``cmsr.run(method="cmsr")`` for many tiles of one survey at once -> one ``SRResult`` per tile.
+
+    The same input checks, normalisation (``target_range``/``guide_range``, per tile if None),
+    nodata handling and unit restoration as :func:`cmsr.api.run`, one tile at a time; only the
+    training is batched (:func:`train_tiles`). ``init_state``: survey warm-start weights
+    (:mod:`cmsr.warm_start`), with ``config`` then the fine-tune config.
+    """
+    from .api import SRResult, _default_config, _device, check_scale, prepare_guide, prepare_target
+
+    t0 = time.perf_counter()
+    s = check_scale(scale)
+    dev = _device(device)
+    cfg = config if config is not None else _default_config()
+    if not (len(targets) == len(guides) == len(seeds)):
+        raise ValueError(f"run_batch needs as many guides and seeds as targets ({len(targets)}); got "
+                         f"{len(guides)}, {len(seeds)}")
+    prepared, guide_ts, stats = [], [], []
+    for target, guide in zip(targets, guides):
+        p = prepare_target(target, target_range)
+        st: dict = {"method": "cmsr", "scale": s, "target_range": [p.lo, p.hi],
+                    "nodata_fraction": float(1.0 - p.valid.float().mean())}
+        g = None
+        if cfg.use_guide:
+            g, notes = prepare_guide(guide, tuple(p.lr.shape), s, guide_range)
+            st.update(notes)
+        prepared.append(p)
+        guide_ts.append(g)
+        stats.append(st)
+    trained = train_tiles([p.lr for p in prepared], guide_ts, [p.valid for p in prepared], s, cfg, seeds=seeds,
+                          device=dev, init_state=init_state, amp=amp, conv_impl=conv_impl, max_batch=max_batch)
+    per_tile = (time.perf_counter() - t0) / max(len(targets), 1)
+    results = []
+    for p, st, tr in zip(prepared, stats, trained):
+        image = p.restore(tr.image)
+        if not bool(p.valid.all()):
+            valid_hr = np.repeat(np.repeat(p.valid.numpy(), s, axis=0), s, axis=1)
+            image[~valid_hr] = np.nan
+        st.update({k: v for k, v in tr.stats.items() if k != "seconds"})
+        st["train_seconds"] = tr.stats.get("seconds")
+        st["seconds"] = round(per_tile, 3)
+        st["warm_start"] = init_state is not None
+        results.append(SRResult(image=image, stats=st, displacement=tr.displacement))
+    return results
