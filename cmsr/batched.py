@@ -41,7 +41,7 @@ from .runtime import AmpChoice, DevicePolicy, device_policy, free_memory_bytes
 from . import train as _train
 from .train import (TrainOutput, _check_inputs, _Guide, _load_init_state, _LRPolicy, _ReconCheck, choose_base_kind,
                     infer_stage)
-from .warp import GuideWarp, pixel_centers, to_normalized
+from .warp import GuideWarp
 
 BatchProgressFn = Callable[[int, int, float, float], None]
 """Called at every reconstruction check with (tile index, iteration, recon error, lr)."""
@@ -93,6 +93,29 @@ def stacked_chain(stacked: M.Params, prefix: str, x: torch.Tensor, impl: ConvImp
         if j < len(keys) - 1:
             y = F.relu(y)
     return y.reshape(k_tiles, -1, h, w)
+
+
+def _h2d(values: object, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host values -> device tensor without a stream sync (pinned + non-blocking on CUDA).
+
+    Why: a copy from pageable memory makes the host wait for the GPU's queue; inside the training
+    loop that would serialise the Python side with the kernels of every iteration.
+    """
+    t = torch.as_tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+_SCALES: dict[tuple, torch.Tensor] = {}
+
+
+def _norm_scale(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(2/w, 2/h) as a cached float32 device tensor (what ``to_normalized`` builds every call)."""
+    key = (h, w, str(device))
+    if key not in _SCALES:
+        _SCALES[key] = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float32).to(device)
+    return _SCALES[key]
 
 
 def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -148,10 +171,10 @@ class _Flat:
         self.steps[active] += 1
         steps = self.steps[active].astype(np.float64)
         dev, dt = self.data.device, self.data.dtype
-        size = torch.as_tensor(np.asarray(lrs, np.float64) / (1.0 - _BETA1 ** steps), dtype=dt).to(dev, non_blocking=True)
-        bc2 = torch.as_tensor(np.sqrt(1.0 - _BETA2 ** steps), dtype=dt).to(dev, non_blocking=True)
+        size = _h2d(np.asarray(lrs, np.float64) / (1.0 - _BETA1 ** steps), dev, dt)
+        bc2 = _h2d(np.sqrt(1.0 - _BETA2 ** steps), dev, dt)
         everyone = len(active) == self.data.shape[0]
-        idx = None if everyone else torch.as_tensor(active, device=dev)
+        idx = None if everyone else _h2d(active, dev, torch.long)
         if idx is None:
             m, v, pv, gv = self.m, self.v, self.data.data, g
         else:
@@ -424,20 +447,20 @@ def _batched_losses(augs: dict[int, Augmentation], src_stacks: list[tuple[int, t
         fathers, masks, pts_list, bases = [], [], [], []
         for src_i, ps in parts:
             base, stack = src_stacks[src_i]
-            idx = torch.as_tensor(ps, device=dev)
+            idx = _h2d(ps, dev, torch.long)
             src = stack.index_select(0, idx)  # (n, 2, H, W): image, valid
             hs, ws = src.shape[-2:]
             coords = policy.to_device(np.stack([augs[p].coords for p in ps]))  # (n, s, s, 2) x, y
             f, m = _extract(src, coords, [augs[p].interpolate for p in ps])
             fathers.append(f)
             masks.append(m)
-            pts_list.append(to_normalized(coords, int(hs), int(ws)))
+            pts_list.append((coords + 0.5) * _norm_scale(int(hs), int(ws), dev) - 1.0)  # = warp.to_normalized
             bases.append((base, len(ps)))
             order += ps
         father = torch.cat(fathers)
         mask = torch.cat(masks)
         n = len(order)
-        idx_t = None if order == list(range(net.data.shape[0])) else torch.as_tensor(order, device=dev)
+        idx_t = None if order == list(range(net.data.shape[0])) else _h2d(order, dev, torch.long)
         son = degrade_torch(father, factor, config.degradation)  # type: ignore[arg-type]
         w_sub = net.views(net.rows(idx_t))
         gcrop = None
@@ -449,7 +472,7 @@ def _batched_losses(augs: dict[int, Augmentation], src_stacks: list[tuple[int, t
             crops, start = [], 0
             for (base, cnt) in bases:
                 gimg = guide_stack(base)
-                sel = torch.as_tensor(order[start:start + cnt], device=dev)
+                sel = _h2d(order[start:start + cnt], dev, torch.long)
                 g = F.grid_sample(gimg.index_select(0, sel), pts[start:start + cnt].unsqueeze(1).to(gimg.dtype),
                                   mode="bilinear", padding_mode="border", align_corners=False)
                 crops.append(g.reshape(cnt, gimg.shape[1], side, side))
@@ -469,7 +492,7 @@ def _batched_losses(augs: dict[int, Augmentation], src_stacks: list[tuple[int, t
             total = total + loss_full.sum()
             loss = loss_full
         total = total + loss_sr.sum()
-        last_loss.index_copy_(0, torch.as_tensor(order, device=dev), loss.detach())
+        last_loss.index_copy_(0, idx_t if idx_t is not None else _h2d(order, dev, torch.long), loss.detach())
     return total
 
 
@@ -503,17 +526,16 @@ def _extract(src: torch.Tensor, coords: torch.Tensor, interpolate: list[bool]) -
     interp = [i for i, f in enumerate(interpolate) if f]
     exact = [i for i, f in enumerate(interpolate) if not f]
     if exact:
-        ei = torch.as_tensor(exact, device=src.device)
+        ei = _h2d(exact, src.device, torch.long)
         c = coords.index_select(0, ei).round().long()
         flat = (c[..., 1] * w + c[..., 0]).reshape(len(exact), 1, -1).expand(-1, 2, -1)
         vals = torch.gather(src.index_select(0, ei).reshape(len(exact), 2, -1), 2, flat).reshape(len(exact), 2, side, side)
         fathers.index_copy_(0, ei, vals[:, 0])
         masks.index_copy_(0, ei, vals[:, 1] > 0.5)
     if interp:
-        ii = torch.as_tensor(interp, device=src.device)
+        ii = _h2d(interp, src.device, torch.long)
         pts = coords.index_select(0, ii)
-        scale = torch.tensor([2.0 / w, 2.0 / h], device=src.device)
-        grid = (pts + 0.5) * scale - 1.0
+        grid = (pts + 0.5) * _norm_scale(h, w, src.device) - 1.0
         out = F.grid_sample(src.index_select(0, ii), grid, mode="bilinear", padding_mode="border", align_corners=False)
         inside = (pts[..., 0] >= -0.5) & (pts[..., 0] <= w - 0.5) & (pts[..., 1] >= -0.5) & (pts[..., 1] <= h - 0.5)
         fathers.index_copy_(0, ii, out[:, 0])
