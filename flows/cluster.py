@@ -67,6 +67,7 @@ class ClusterHandle:
     gpu: bool  # tile tasks request resources={"GPU": 1}
     workers: int
     kind: str  # "embedded", "embedded-gpu", "existing"
+    dashboard: str | None = None  # the Dask dashboard's URL when known
 
     def describe(self) -> str:
         what = {"embedded": "local CPU cluster", "embedded-gpu": "local GPU cluster", "existing": "cluster"}[self.kind]
@@ -155,7 +156,9 @@ class EmbeddedCluster(distributed.LocalCluster):
         env = dict(env) if env is not None else worker_environment()
         kwargs.setdefault("processes", True)
         kwargs.setdefault("silence_logs", logging.WARNING)
-        kwargs.setdefault("dashboard_address", ":0" if dashboard else None)
+        # a random port either way: with None the scheduler's HTTP server still binds :8787 and
+        # warns when another cluster holds it
+        kwargs.setdefault("dashboard_address", ":0")
         kwargs.setdefault("preload", list(WORKER_PRELOAD))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
             super().__init__(n_workers=n_workers or auto_workers(), threads_per_worker=threads_per_worker,
@@ -219,15 +222,16 @@ def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
             cluster = LocalCUDACluster(
                 n_workers=n_gpus, threads_per_worker=1, resources={"GPU": 1}, preload=list(WORKER_PRELOAD),
-                dashboard_address=":0" if spec.dashboard else None, silence_logs=logging.WARNING,
+                dashboard_address=":0", silence_logs=logging.WARNING,
             )
-        handle = ClusterHandle(cluster.scheduler_address, True, n_gpus, "embedded-gpu")
+        handle = ClusterHandle(cluster.scheduler_address, True, n_gpus, "embedded-gpu", cluster.dashboard_link)
     else:
         n = spec.workers or auto_workers(spec.max_workers_hint)
         resources = dict(spec.resources) or None
         cluster = EmbeddedCluster(n_workers=n, threads_per_worker=spec.threads_per_worker, resources=resources,
                                   dashboard=spec.dashboard, env=env)
-        handle = ClusterHandle(cluster.scheduler_address, bool(resources and "GPU" in resources), n, "embedded")
+        handle = ClusterHandle(cluster.scheduler_address, bool(resources and "GPU" in resources), n, "embedded",
+                               cluster.dashboard_link)
     try:
         yield handle
     finally:

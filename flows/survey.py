@@ -129,13 +129,15 @@ def _dask_client():
 @flow(name="superresolve-survey", task_runner=DaskTaskRunner(cluster_class="flows.cluster.EmbeddedCluster"),
       persist_result=False, validate_parameters=False)
 def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = None, tiles_per_task: int = 1,
-                        tile_timeout_s: float | None = None, gpu: bool | None = None) -> dict:
+                        tile_timeout_s: float | None = None, gpu: bool | None = None,
+                        tile_retries: int = TILE_RETRIES) -> dict:
     """Super-resolve one survey: ``target`` (thermal/NIR/...) onto ``rgb``'s grid -> COG ``out``.
 
     ``config``: ``pipelines.JobConfig`` fields (JSON-able, so deployments can take it);
     ``tiles_per_task``: tiles per Prefect task (1: one task per tile); ``tile_timeout_s``: per
     tile, scaled by the batch size; ``gpu``: request ``resources={"GPU": 1}`` per tile task
-    (None: when the cluster's workers declare a GPU resource)."""
+    (None: when the cluster's workers declare a GPU resource); ``tile_retries``: tries after a
+    failure, ``TILE_RETRY_DELAY_S`` apart."""
     logger = get_run_logger()
     info = prepare_job(rgb, target, out, dict(config or {}))
     job_path, todo = info["job_path"], list(info["pending"])
@@ -148,9 +150,9 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     logger.info(f"{total} tile(s) to super-resolve, {reused} already done; scale {info['scale']}"
                 f"{'; one GPU per tile task' if use_gpu else ''}")
 
-    task_fn = tile_task
+    task_fn = tile_task.with_options(retries=int(tile_retries))
     if tile_timeout_s:
-        task_fn = tile_task.with_options(timeout_seconds=float(tile_timeout_s) * max(1, tiles_per_task))
+        task_fn = task_fn.with_options(timeout_seconds=float(tile_timeout_s) * max(1, tiles_per_task))
     futures = []
     # dask.annotate around submission: the annotation is read by Client.submit in this thread
     # (Prefect's DaskTaskRunner takes no per-task resources argument).
@@ -186,6 +188,18 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     return summary
 
 
+@flow(name="scan-surveys", persist_result=False, validate_parameters=False)
+def scan_surveys(root: str, defaults: dict | None = None, engine: dict | None = None) -> list[dict]:
+    """Process every survey folder under ``root`` without an up-to-date output (``flows.watch``)."""
+    from .watch import process_pending
+
+    rows = process_pending(root, dict(defaults or {}), dict(engine or {}))
+    logger = get_run_logger()
+    for r in rows:
+        (logger.warning if r["status"] == "failed" else logger.info)(f"{r['status']}: {r['survey']}")
+    return rows
+
+
 # ------------------------------------------------------------------------------------ driver
 
 
@@ -209,6 +223,7 @@ class RunOptions:
     cluster: ClusterSpec = ClusterSpec()
     tiles_per_task: int = 1
     tile_timeout_s: float | None = None
+    tile_retries: int = TILE_RETRIES
 
 
 def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
@@ -232,7 +247,8 @@ def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
                 config = config.replace(device="cuda")
             f = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=handle.address))
             return f(rgb, target, out, config=config.to_dict(), tiles_per_task=options.tiles_per_task,
-                     tile_timeout_s=options.tile_timeout_s, gpu=handle.gpu, return_state=True)
+                     tile_timeout_s=options.tile_timeout_s, gpu=handle.gpu, tile_retries=options.tile_retries,
+                     return_state=True)
 
 
 def state_summary(state) -> dict[str, Any]:
@@ -240,6 +256,6 @@ def state_summary(state) -> dict[str, Any]:
     return state.result(raise_on_failure=True)
 
 
-__all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
+__all__ = ["superresolve_survey", "scan_surveys", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
            "prepare_job", "tile_task", "finish_job", "state_summary", "tile_count_hint"]
 

@@ -1,0 +1,91 @@
+"""The ``cmsr`` command line without the engine: help with examples, one-line errors, plan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+COMMANDS = ["run", "plan", "demo", "sr", "serve", "submit"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command):
+    r = runner.invoke(app, [command, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Examples" in r.output and f"cmsr {command}" in r.output
+
+
+def _one_error_line(r, fragment: str) -> None:
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in r.output + r.stderr
+
+
+def test_missing_input_is_one_line(tmp_path, sample):
+    r = runner.invoke(app, ["plan", str(tmp_path / "nope.tif"), str(sample["target"])])
+    _one_error_line(r, "nope.tif: does not exist")
+
+
+def test_bad_scale_and_method_are_one_line(sample, tmp_path):
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--scale", "x4"])
+    _one_error_line(r, "--scale 'x4'")
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--method", "magic"])
+    _one_error_line(r, "method 'magic'")
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--scale", "40"])
+    _one_error_line(r, "scale")
+
+
+def test_run_refuses_output_over_an_input(sample, tmp_path):
+    rgb = tmp_path / "rgb.tif"
+    shutil.copy(sample["rgb"], rgb)
+    r = runner.invoke(app, ["run", str(rgb), str(sample["target"]), "-o", str(rgb), "--method", "bicubic"])
+    _one_error_line(r, str(rgb))
+    assert rgb.read_bytes() == Path(sample["rgb"]).read_bytes()
+
+
+def test_sr_errors_are_one_line(tmp_path):
+    r = runner.invoke(app, ["sr", "--target", str(tmp_path / "lr.png"), "--guide", str(tmp_path / "g.png"),
+                            "--scale", "4", "--out", str(tmp_path / "o.png")])
+    _one_error_line(r, "lr.png")
+    r = runner.invoke(app, ["sr", "--target", str(tmp_path / "lr.png"), "--scale", "40", "--out",
+                            str(tmp_path / "o.png")])
+    _one_error_line(r, "scale")
+
+
+def test_submit_needs_exactly_one_destination(sample, tmp_path):
+    r = runner.invoke(app, ["submit", str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / "o.tif")])
+    _one_error_line(r, "exactly one of --scheduler")
+
+
+def test_plan_reports_grids_tiles_and_estimate(sample):
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--method", "bp",
+                            "--tile-size", "64", "--halo", "8", "--workers", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["hr_grid"]["shape"] == [200, 300] and info["lr_grid"]["shape"] == [50, 75]
+    assert info["hr_grid"]["resolution"] == [10.0, 10.0] and info["lr_grid"]["resolution"] == [40.0, 40.0]
+    assert info["scale"] == 4 and info["tiles"] == 20 and info["active_tiles"] == 20
+    assert 0.99 <= info["valid_fraction"] <= 1.0
+    assert info["estimated_seconds"] == pytest.approx(10 * info["seconds_per_tile"], rel=0.02)
+    assert not (Path(sample["rgb"]).parent / "plan.tif").exists()
+
+
+def test_cli_help_is_fast_and_imports_no_engine():
+    code = ("import sys, flows.cli; "
+            "bad = [m for m in ('prefect', 'distributed', 'torch', 'rasterio') if m in sys.modules]; "
+            "print(bad)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -1,0 +1,190 @@
+"""Reliability of the Prefect flow on real Dask processes (``engine`` tests: few, CPU-cheap).
+
+Tiles are the bundled real sample (Sentinel-2, 300 x 200 HR px, x4) cut into 64 px tiles, with
+the bicubic tile function (optionally slowed down) so every run is seconds of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import REPO, engine_env
+
+pytestmark = pytest.mark.engine
+
+TILE = dict(tile_size=64, halo=8)
+
+
+def _config(work_dir: Path, tile_fn: str | None = None, **kw):
+    import pipelines
+
+    return pipelines.JobConfig(method="bicubic", tile_fn=tile_fn, work_dir=str(work_dir), quicklook=False,
+                               **{**TILE, **kw})
+
+
+def _read(path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.fixture(scope="module")
+def local_reference(sample, tmp_path_factory):
+    """The same job in-process, tile after tile (no engine): the bit-for-bit reference."""
+    import pipelines
+
+    d = tmp_path_factory.mktemp("local")
+    outs = {}
+    for fn in ("flow_tilefns:slow",):
+        os.environ.setdefault("CMSR_TEST_TILE_SLEEP", "0")
+        o = pipelines.superresolve(str(sample["rgb"]), str(sample["target"]), str(d / f"{fn[-5:]}.tif"),
+                                   _config(d / f"w-{fn[-5:]}", fn))
+        outs[fn] = _read(o.cog)
+    return outs
+
+
+def _run(sample, out: Path, scheduler: str, tile_fn: str, retries: int = 0, **kw):
+    from flows.cluster import ClusterSpec
+    from flows.survey import RunOptions, run_survey
+
+    cfg = _config(out.parent / (out.stem + ".work"), tile_fn)
+    return run_survey(str(sample["rgb"]), str(sample["target"]), str(out), cfg,
+                      RunOptions(cluster=ClusterSpec(scheduler=scheduler), tile_retries=retries, **kw))
+
+
+def test_existing_cluster_equals_local_bit_for_bit(sample, dask_processes, local_reference, tmp_path):
+    out = tmp_path / "sr.tif"
+    state = _run(sample, out, dask_processes.address, "flow_tilefns:slow")
+    summary = state.result()
+    assert summary["processed"] == 20 and summary["reused"] == 0
+    np.testing.assert_array_equal(_read(out), local_reference["flow_tilefns:slow"])
+    report = json.loads(Path(summary["report"]).read_text())
+    assert report["totals"]["processed"] == 20
+
+
+def test_failing_tile_names_it_and_keeps_finished_tiles(sample, dask_processes, tmp_path):
+    import pipelines
+    from flows.survey import TileFailed
+
+    out = tmp_path / "crash.tif"
+    state = _run(sample, out, dask_processes.address, "flow_tilefns:crash_on_7")
+    assert state.is_failed()
+    with pytest.raises(TileFailed) as err:
+        state.result()
+    assert "tile 7 of job" in str(err.value) and "simulated bad window" in str(err.value)
+    job = pipelines.load_job(str(tmp_path / "crash.work" / "job.json"))
+    assert pipelines.pending(job) == [7]  # every other tile is finished on disk, ready for resume
+    assert not out.exists()
+
+
+def test_two_concurrent_jobs_do_not_collide(sample, dask_processes, local_reference, tmp_path):
+    """Two CLI processes at once on the same cluster, different outputs (and work dirs)."""
+    env = engine_env()  # (the tile function runs in the workers: 0.5 s per tile there)
+    procs = []
+    for name in ("a", "b"):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(sample["rgb"]), str(sample["target"]), "-o",
+             str(tmp_path / f"{name}.tif"), "--method", "bicubic", "--tile-size", "64", "--halo", "8",
+             "--tile-fn", "flow_tilefns:slow", "--scheduler", dask_processes.address, "--json"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+        assert json.loads(stdout)["processed"] == 20
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(_read(tmp_path / f"{name}.tif"), local_reference["flow_tilefns:slow"])
+
+
+def test_killed_cli_restarts_with_only_missing_tiles(sample, dask_processes, local_reference, tmp_path):
+    env = engine_env()
+    out = tmp_path / "k.tif"
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(sample["rgb"]), str(sample["target"]), "-o", str(out),
+           "--method", "bicubic", "--tile-size", "64", "--halo", "8", "--tile-fn", "flow_tilefns:slow",
+           "--scheduler", dask_processes.address, "--json"]
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    tiles = tmp_path / "k.tif.work" / "tiles"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(tiles.glob("*.npy"))) < 3:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not out.exists()
+    time.sleep(3)  # tasks already running on the workers finish and write their tile
+    done_before = {int(f.stem) for f in tiles.glob("*.npy")}
+    assert 3 <= len(done_before) < 20
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(Path(json.loads(r.stdout)["report"]).read_text())
+    reused = {t["index"] for t in report["tiles"] if t["reused"]}
+    assert done_before <= reused and len(reused) < 20
+    np.testing.assert_array_equal(_read(out), local_reference["flow_tilefns:slow"])
+
+
+def test_killing_a_worker_mid_run_still_completes(sample, dask_processes, local_reference, tmp_path):
+    """Runs last among the cluster tests: it kills worker w1 (a replacement joins afterwards)."""
+    import threading
+
+    out = tmp_path / "w.tif"
+    tiles = tmp_path / "w.work" / "tiles"
+    victim = dask_processes.workers[0]
+
+    def killer() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(tiles.glob("*.npy"))) < 3:
+            time.sleep(0.1)
+        victim.kill()
+
+    t = threading.Thread(target=killer)
+    t.start()
+    state = _run(sample, out, dask_processes.address, "flow_tilefns:slow", retries=1)
+    t.join()
+    assert victim.poll() is not None, "the worker was not killed during the run"
+    summary = state.result()
+    assert summary["processed"] == 20
+    np.testing.assert_array_equal(_read(out), local_reference["flow_tilefns:slow"])
+    dask_processes.add_worker("w3")
+    dask_processes.wait_workers(2)
+
+
+def test_gpu_resource_limits_one_tile_per_worker(sample, prefect_harness, tmp_path):
+    """CPU workers with two threads each declare a fake ``GPU=1``: tile tasks then run one at a
+    time per worker. The control run on the same cluster without the annotation overlaps,
+    which shows the probe can see concurrency (and that the annotation is what prevents it)."""
+    from flows.cluster import ClusterSpec, open_cluster
+    from flows.engine import worker_environment
+    from flows.survey import superresolve_survey
+    from prefect_dask import DaskTaskRunner
+
+    env = {**worker_environment(), "CMSR_TEST_TILE_SLEEP": "0.4", "PYTHONPATH": os.environ["PYTHONPATH"]}
+    spec = ClusterSpec(workers=1, threads_per_worker=2, resources=(("GPU", 1),), worker_env=tuple(env.items()))
+
+    def max_overlap(folder: Path) -> int:
+        rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
+        assert len(rows) == 6
+        events = sorted([(r["end"], -1) for r in rows] + [(r["start"], 1) for r in rows])
+        cur = best = 0
+        for _, d in events:
+            cur += d
+            best = max(best, cur)
+        return best
+
+    with open_cluster(spec) as handle:
+        assert handle.gpu
+        flow = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=handle.address))
+        for gpu, name in ((None, "gpu"), (False, "control")):
+            cfg = _config(tmp_path / f"{name}.work", "flow_tilefns:probe", tile_size=100)
+            summary = flow(str(sample["rgb"]), str(sample["target"]), str(tmp_path / f"{name}.tif"),
+                           config=cfg.to_dict(), gpu=gpu, tile_retries=0)
+            assert summary["processed"] == 6
+        assert max_overlap(tmp_path / "gpu.work" / "probe") == 1
+        assert max_overlap(tmp_path / "control.work" / "probe") == 2
