@@ -16,6 +16,7 @@ say so. Sections:
    tiles/s, PSNR vs the real 10 m NIR, iterations, peak memory.
 6. ``amp_quality``: the same K=16 batch in fp32: PSNR and time difference against bf16.
 7. ``warm``: survey warm start (pretrain on 2 tiles, fine-tune K=64): tiles/s, PSNR vs scratch.
+(+ ``host``: the per-iteration numpy cost of drawing K augmentations, the floor batching leaves)
 8. ``compile``: torch.compile of the stacked conv chain, step time at K=64 (if time is left).
 
 Tiles are 512 px windows of the bundled Sentinel-2 sample (flows/sample, mirror-extended to a
@@ -52,6 +53,7 @@ class Session:
         self.budget = budget_s
         self.results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sections": {}}
         self.logf = open(out / "gpu_check.log", "a")
+        self.only: list[str] | None = None
 
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.t0)
@@ -67,6 +69,8 @@ class Session:
         (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2, default=str))
 
     def section(self, name: str, fn, need_s: float) -> None:
+        if self.only is not None and name != "env" and name not in self.only:
+            return
         if self.left() < need_s:
             self.log(f"SKIP {name}: {self.left():.0f} s left < {need_s:.0f} s needed")
             self.results["sections"][name] = {"skipped": f"{self.left():.0f} s left"}
@@ -106,6 +110,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (runs on CPU)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only these sections (env always runs): correctness step infer scratch amp_quality warm compile")
     args = ap.parse_args()
 
     from cmsr.batched import train_tiles
@@ -115,6 +121,7 @@ def main() -> None:
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     S = Session(Path(args.out), args.budget_s)
+    S.only = args.only
     smoke = args.smoke
     tile = 64 if smoke else 512
     ks = [1, 2, 4] if smoke else [1, 4, 16, 64]
@@ -270,6 +277,25 @@ def main() -> None:
         return out
 
     S.section("infer", infer, 30)
+
+    def host() -> dict:
+        """Host-side cost per iteration that no batching removes: K augmentation draws (numpy)."""
+        from cmsr.augment import sample_augmentation
+
+        rng = np.random.default_rng(0)
+        h, w = data["lrs"][0].shape
+        shapes, bases = [(h, w), (2 * h, 2 * w)], [1, 2]
+        t = time.perf_counter()
+        n = 200
+        for _ in range(n):
+            sample_augmentation(rng, shapes, bases, 4, paper)
+        per = (time.perf_counter() - t) / n
+        r = {"augment_us": round(per * 1e6, 1), "augment_ms_per_iter_at_kmax": round(per * kmax * 1e3, 2),
+             "cap_tiles_per_s_at_1600_iters": round(1.0 / (per * 1600), 3)}
+        S.log(f"host {r}")
+        return r
+
+    S.section("host", host, 10)
 
     scratch_psnr: dict[int, list[float]] = {}
 
