@@ -138,3 +138,31 @@ def warm_start_tiles(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor 
     outs = train_tiles(lrs, guides, valids, scale, finetune_config(config, warm), seeds=seeds, device=device,
                        init_state=state, progress=progress, amp=amp, conv_impl=conv_impl, max_batch=max_batch)
     return state, outs
+
+
+def pretrain_arrays(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int, config: CMSRConfig, *,
+                    seed: int = 0, device: str | torch.device = "cpu", target_range: tuple[float, float] | None = None,
+                    guide_range: np.ndarray | None = None, warm: WarmStartConfig = WarmStartConfig()) -> M.Params:
+    """:func:`pretrain` from raw tile arrays (target units, NaN nodata), normalised exactly as
+    ``cmsr.run`` / :func:`cmsr.batched.run_batch` will normalise them (pass the survey ranges)."""
+    from .api import check_scale, prepare_guide, prepare_target
+
+    s = check_scale(scale)
+    prepared = [prepare_target(t, target_range) for t in targets]
+    guide_ts = [prepare_guide(g, tuple(p.lr.shape), s, guide_range)[0] if config.use_guide else None
+                for p, g in zip(prepared, guides)]
+    return pretrain([p.lr for p in prepared], guide_ts, [p.valid for p in prepared], s, config, seed=seed,
+                    device=device, warm=warm)
+
+
+def save_state(path: str, state: M.Params) -> None:
+    """Write warm-start weights (a small dict of CPU tensors) for the survey's workers."""
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, path)
+
+
+def load_state(path: str) -> M.Params:
+    """Read weights written by :func:`save_state` (tensors only; no code is unpickled)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a warm-start state (expected a dict of tensors)")
+    return state

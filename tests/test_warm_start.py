@@ -52,3 +52,16 @@ def test_tiles_start_from_the_warm_start_and_warp_from_identity() -> None:
             assert torch.equal(o.weights[k], v)
         assert o.displacement is not None and float(np.abs(o.displacement).max()) < 1e-5
         assert o.stats["iterations"] <= 3 and len(o.stats["stages"]) == 1
+
+
+def test_state_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cmsr import model as M
+    from cmsr.warm_start import load_state, save_state
+
+    state = M.init_params(3, seed=1)
+    save_state(str(tmp_path / "w.pt"), state)
+    back = load_state(str(tmp_path / "w.pt"))
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    torch.save([1, 2], tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_state(str(tmp_path / "bad.pt"))
