@@ -509,7 +509,7 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         r = all_results[i]
         return None if r.skipped or r.path is None else np.load(r.path, mmap_mode="r")
 
-    output.stitch(job.plan, stitched, load, job.config.stitch, n)
+    seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
     t_stitch = time.perf_counter() - t0
     cfg = job.config
     tags = {
@@ -529,7 +529,7 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
     if cfg.quicklook:
         quick = job.quicklook_path
         write_job_quicklook(job, quick)
-    report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0})
+    report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0}, seams)
     _atomic_write_text(job.report_path, json.dumps(report, indent=1, default=_jsonable))
     return JobOutputs(job.out, job.report_path, quick)
 
@@ -547,7 +547,8 @@ def _preset_name(cfg: JobConfig) -> str:
         return "default"
 
 
-def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, float]) -> dict:
+def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, float],
+            seams: dict[str, float | None]) -> dict:
     rs = [results[i] for i in sorted(results)]
     done = [r for r in rs if not r.skipped]
     cons = [r.stats.get("consistency_max") for r in done if "consistency_max" in r.stats]
@@ -568,6 +569,7 @@ def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, f
             "tile_function_seconds": float(sum(r.stats.get("fn_seconds", 0.0) for r in done)),
             "consistency_max": max(cons) if cons else None,
             "consistency_mae": float(np.mean(cmae)) if cmae else None,
+            **seams,
         },
         "tiles": [r.to_dict() for r in rs],
     }

@@ -54,9 +54,46 @@ def raised_cosine(n: int, start: int, core_start: int, core_end: int, halo: int)
     return w
 
 
+class SeamMeter:
+    """The seam metric, accumulated while cores are written in row-major order: mean |difference|
+    between neighbouring pixels across tile borders vs across LR-pixel borders inside tiles
+    (tile borders are LR-pixel borders too, and upsampled images change most there; ratio ~1:
+    no visible seams). Keeps only the last column of the previous core and the last rows of
+    the row above."""
+
+    def __init__(self, scale: int = 1) -> None:
+        self.scale = int(scale)
+        self.sums = {"across": 0.0, "inside": 0.0}
+        self.counts = {"across": 0, "inside": 0}
+        self._left: np.ndarray | None = None
+        self._above: dict[int, np.ndarray] = {}
+
+    def _add(self, key: str, d: np.ndarray) -> None:
+        d = d[np.isfinite(d)]
+        self.sums[key] += float(np.abs(d).sum(dtype=np.float64))
+        self.counts[key] += int(d.size)
+
+    def add(self, t: TileSpec, block: np.ndarray) -> None:
+        b = block.astype(np.float64)
+        k = self.scale  # pairs (k-1, k), (2k-1, 2k), ...: across LR pixel borders
+        self._add("inside", b[:, :, k::k] - b[:, :, k - 1 : -1 : k] if b.shape[2] > k else b[:, :, :0])
+        self._add("inside", b[:, k::k, :] - b[:, k - 1 : -1 : k, :] if b.shape[1] > k else b[:, :0, :])
+        if t.col > 0 and self._left is not None:
+            self._add("across", b[:, :, 0] - self._left)
+        if t.row > 0 and t.col in self._above:
+            self._add("across", b[:, 0, :] - self._above[t.col])
+        self._left = b[:, :, -1]
+        self._above[t.col] = b[:, -1, :]
+
+    def result(self) -> dict[str, float | None]:
+        a = self.sums["across"] / self.counts["across"] if self.counts["across"] else None
+        i = self.sums["inside"] / self.counts["inside"] if self.counts["inside"] else None
+        return {"seam_across": a, "seam_inside": i, "seam_ratio": (a / i) if a is not None and i else None}
+
+
 def stitch(
     plan: TilePlan, dst_path: str, load: Callable[[int], np.ndarray | None], mode: str, count: int
-) -> None:
+) -> dict[str, float | None]:
     """Write every tile's contribution into ``dst_path`` (made by ``create_stitch_target``).
 
     ``load(index)`` returns the tile's (B, h, w) float32 result over its read window, or None
@@ -64,10 +101,12 @@ def stitch(
     ``mode="feather"``: each core block is the weighted mean of all tiles whose read window
     covers it, with raised-cosine weights over ``core edge +- halo/2``: the outer half of each
     halo (where a tile model's own boundary effects live) never contributes.
+    Returns the seam metric of the written output (``SeamMeter``).
     """
     if mode not in ("core", "feather"):
         raise ValueError(f"stitch mode {mode!r}: expected 'core' or 'feather'")
     T, h = plan.tile_size, plan.halo
+    seams = SeamMeter(plan.scale)
     with rasterio.open(dst_path, "r+") as dst:
         for t in plan.tiles:
             core = t.core
@@ -100,6 +139,8 @@ def stitch(
                 own = _core_of(t, load(t.index), count)
                 block[~np.isfinite(own)] = np.nan
             dst.write(block, window=((core.row, core.row_end), (core.col, core.col_end)))
+            seams.add(t, block)
+    return seams.result()
 
 
 def _core_of(t: TileSpec, data: np.ndarray | None, count: int) -> np.ndarray:
