@@ -41,8 +41,9 @@ class JobConfig:
     """Degradation model HR -> LR used by the core (``area``: each LR pixel is the mean of its s x s HR pixels)."""
     compress: str = "deflate"
     """COG compression: ``deflate`` or ``zstd`` (predictor 3 either way)."""
-    percentiles: tuple[float, float] = (1.0, 99.0)
-    """Survey-level robust range (target and guide) used to normalise every tile alike."""
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    """Survey-level robust range (target and guide) used to normalise every tile alike (the
+    core's own per-image default, ``cmsr.api.ROBUST_PERCENTILES``, so a one-tile job matches it)."""
     guide_bands: tuple[int, ...] | None = None
     """1-based RGB bands to use as the guide; None -> all bands except alpha (1 to 4 bands)."""
     target_bands: tuple[int, ...] | None = None

@@ -274,3 +274,16 @@ def test_cog_overviews_are_averages(s2, tmp_path):
     ref = area_pool(big.astype(np.float64), 2)
     ok = np.isfinite(ref)
     np.testing.assert_allclose(ov[ok], ref[ok], rtol=1e-5)
+
+
+def test_tile_fn_by_import_path(s2, tmp_path):
+    """``JobConfig.tile_fn`` names a function importable in any worker ("module:function")."""
+    cfg = JobConfig(tile_fn="pipelines.tilefn:bicubic_tile_fn", tile_size=128, halo=16, quicklook=False)
+    o = pipelines.superresolve(s2["rgb"], s2["nir40"], str(tmp_path / "p.tif"), cfg)
+    out, meta = read(o.cog)
+    lr, _ = read(s2["nir40"])
+    np.testing.assert_allclose(out[0], whole_image_bicubic(lr[0], 4), atol=2e-3)
+    assert meta["tags"]["CMSR_METHOD"] == "pipelines.tilefn:bicubic_tile_fn"
+    job = pipelines.prepare(s2["rgb"], s2["nir40"], str(tmp_path / "bad.tif"), cfg.replace(tile_fn="pipelines.tilefn"))
+    with pytest.raises(ValueError, match="expected 'module:function'"):
+        pipelines.run_tile(job.job_path, 0)
