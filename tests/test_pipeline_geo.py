@@ -147,3 +147,38 @@ def test_rotated_rgb_job_outputs_north_up_grid(tmp_path):
     # the target covers rows 50..250 of the north-up grid (all columns)
     assert np.isfinite(out[60:240]).all() and not np.isfinite(out[:40]).any() and not np.isfinite(out[260:]).any()
     assert json.load(open(o.report))["target_resampling"] == "bilinear"  # LR grid offset by half a 40 m pixel
+
+
+def test_rgba_orthomosaic_alpha_masks_output(tmp_path):
+    """An OpenDroneMap-style RGBA uint8 ortho (the real Sentinel-2 RGB stretched to 8 bit, alpha 0
+    outside a diagonal footprint): alpha becomes the validity mask; empty tiles are skipped."""
+    from affine import Affine
+
+    s2 = GEO / "sentinel2_10m"
+    with rasterio.open(s2 / "rgb.tif") as ds:
+        rgb, prof = ds.read().astype(np.float64), ds.profile
+    lo, hi = np.percentile(rgb, [1, 99])
+    u8 = np.clip((rgb - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
+    rows, cols = np.mgrid[0:200, 0:300]
+    alpha = np.where(cols > rows * 1.5 - 40, 255, 0).astype(np.uint8)  # upper-right part has data
+    u8[:, alpha == 0] = 0
+    rgba = tmp_path / "odm_orthophoto.tif"
+    with rasterio.open(rgba, "w", **dict(prof, count=4, dtype="uint8", photometric="RGB", ALPHA="YES",
+                                         blockxsize=64, blockysize=64)) as dst:
+        dst.write(np.concatenate([u8, alpha[None]]))
+    with rasterio.open(s2 / "nir.tif") as ds:
+        nir, nprof = ds.read(1).astype(np.float64), ds.profile
+    nir40 = tmp_path / "nir40.tif"
+    with rasterio.open(nir40, "w", **dict(nprof, dtype="float32", width=75, height=50, nodata=float("nan"),
+                                          transform=nprof["transform"] @ Affine.scale(4))) as dst:
+        dst.write(area_pool(nir, 4).astype(np.float32), 1)
+    # min_valid_fraction=0: only tiles without any valid pixel are skipped, so the mask is exact
+    cfg = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=True, min_valid_fraction=0.0)
+    o = pipelines.superresolve(str(rgba), str(nir40), str(tmp_path / "o.tif"), cfg)
+    job = pipelines.load_job(str(tmp_path / "o.tif.work" / "job.json"))
+    assert job.rgb.alpha_band == 4 and job.guide_bands == (1, 2, 3)
+    with rasterio.open(o.cog) as ds:
+        out = ds.read(1)
+    np.testing.assert_array_equal(np.isfinite(out), alpha > 0)
+    rep = json.load(open(o.report))
+    assert rep["totals"]["skipped"] >= 1  # the lower-left tile has no RGB data
