@@ -265,6 +265,10 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     if stats.preview is not None:
         _atomic_save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
     full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
+    if all(t.valid_fraction <= 0.0 for t in full_plan.tiles):
+        raise InvalidInput(
+            f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target {tgt_info.path}"
+        )
     job = Job(
         key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
         guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,

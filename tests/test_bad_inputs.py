@@ -145,3 +145,14 @@ def test_scale_above_core_limit(nir40, tmp_path):
     job = pipelines.prepare(RGB, nir40, str(tmp_path / "ok.tif"),
                             CFG.replace(scale=MAX_SCALE + 1, tile_fn="pipelines.tilefn:bicubic_tile_fn"))
     assert job.scale == MAX_SCALE + 1
+
+
+def test_rgb_fully_transparent(nir40, tmp_path):
+    """An RGB whose every pixel equals its declared nodata (an empty export): refused, not a NaN COG."""
+    with rasterio.open(RGB) as ds:
+        prof = ds.profile
+        data = ds.read()
+    empty = tmp_path / "rgb_empty.tif"
+    with rasterio.open(empty, "w", **dict(prof, nodata=7)) as dst:
+        dst.write(np.full_like(data, 7))
+    expect_error(str(empty), nir40, str(tmp_path / "o.tif"), CFG, r"RGB file .*rgb_empty\.tif: no pixel is valid in both")
