@@ -146,7 +146,7 @@ class _Bar:
 
 def _run_job(rgb: Path, target: Path, out: Path, config, *, workers: Optional[int], scheduler: Optional[str],
              gpus: int | str | None, tiles_per_task: int, tile_timeout: Optional[float], quiet: bool,
-             as_json: bool, dashboard: bool = False) -> dict:
+             as_json: bool, dashboard: bool = False, retries: int = 2) -> dict:
     """Run the flow with a progress bar; returns the summary or raises the job's error."""
     from .cluster import ClusterSpec
     from .survey import RunOptions, progress_listener, run_survey
@@ -157,7 +157,7 @@ def _run_job(rgb: Path, target: Path, out: Path, config, *, workers: Optional[in
         raise UserError("--scheduler uses the cluster's own workers; drop --workers/--gpus")
     options = RunOptions(
         cluster=ClusterSpec(scheduler=scheduler, workers=workers, gpus=gpus, dashboard=dashboard),
-        tiles_per_task=tiles_per_task, tile_timeout_s=tile_timeout,
+        tiles_per_task=tiles_per_task, tile_timeout_s=tile_timeout, tile_retries=retries,
     )
     show = not quiet and not as_json
     _preflight(rgb, target, out, config)
@@ -249,6 +249,7 @@ def run(
     device: str = DEVICE,
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Prefect task (batches cut orchestration overhead)."),
     tile_timeout: Optional[float] = typer.Option(None, "--tile-timeout", help="Seconds one tile may take before it is retried."),
+    retries: int = typer.Option(2, "--retries", help="Tries again after a tile fails (5 s apart)."),
     assume_crs: Optional[str] = typer.Option(None, "--assume-crs", help="CRS for inputs without one, e.g. EPSG:32632."),
     min_valid: float = typer.Option(0.05, "--min-valid", help="Skip tiles with a smaller valid fraction."),
     stitch: str = typer.Option("core", "--stitch", help="core (each pixel from one tile) | feather."),
@@ -264,7 +265,7 @@ def run(
                              min_valid=min_valid, stitch=stitch, tile_fn=tile_fn)
         summary = _run_job(rgb, target, out, config, workers=workers, scheduler=scheduler, gpus=_gpus(gpus),
                            tiles_per_task=tiles_per_task, tile_timeout=tile_timeout, quiet=quiet, as_json=as_json,
-                           dashboard=dashboard)
+                           dashboard=dashboard, retries=retries)
         _print_outputs(summary, quiet, as_json)
 
 

@@ -120,14 +120,59 @@ def test_killed_cli_restarts_with_only_missing_tiles(sample, dask_processes, loc
     p.wait()
     assert not out.exists()
     time.sleep(3)  # tasks already running on the workers finish and write their tile
-    done_before = {int(f.stem) for f in tiles.glob("*.npy")}
-    assert 3 <= len(done_before) < 20
+    before = {f.name: f.stat().st_mtime_ns for f in tiles.glob("*.npy")}
+    assert 3 <= len(before) < 20
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    report = json.loads(Path(json.loads(r.stdout)["report"]).read_text())
-    reused = {t["index"] for t in report["tiles"] if t["reused"]}
-    assert done_before <= reused and len(reused) < 20
+    summary = json.loads(r.stdout)
+    assert summary["reused"] == len(before) and summary["processed"] == 20
+    after = {f.name: f.stat().st_mtime_ns for f in tiles.glob("*.npy")}
+    assert len(after) == 20
+    assert all(after[name] == mtime for name, mtime in before.items())  # finished tiles were not redone
     np.testing.assert_array_equal(_read(out), local_reference["flow_tilefns:slow"])
+
+
+def test_serve_scan_processes_new_surveys_once(sample, dask_processes, tmp_path):
+    """One scan of a watched folder (what ``cmsr serve`` runs on its schedule) is idempotent."""
+    import shutil
+
+    from flows.watch import process_pending
+
+    s1 = tmp_path / "surveys" / "s1"
+    s1.mkdir(parents=True)
+    shutil.copy(sample["rgb"], s1 / "rgb_10m.tif")
+    shutil.copy(sample["target"], s1 / "nir_40m.tif")
+    (tmp_path / "surveys" / "empty").mkdir()
+    defaults = {"method": "bicubic", "tile_size": 100, "halo": 8}
+    engine = {"scheduler": dask_processes.address}
+    rows = process_pending(str(tmp_path / "surveys"), defaults, engine)
+    assert [r["status"] for r in rows] == ["processed"], rows
+    assert (s1 / "cmsr" / "nir_40m_sr.tif").exists() and (s1 / "cmsr" / "nir_40m_sr.report.json").exists()
+    rows = process_pending(str(tmp_path / "surveys"), defaults, engine)
+    assert [r["status"] for r in rows] == ["up-to-date"]
+
+
+def test_submit_to_scheduler_returns_run_id_and_runs(sample, dask_processes, tmp_path):
+    out = tmp_path / "sub.tif"
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "submit", str(sample["rgb"]), str(sample["target"]), "-o",
+                        str(out), "--method", "bicubic", "--tile-size", "100", "--halo", "8", "--scheduler",
+                        dask_processes.address, "--json"], cwd=REPO, env=engine_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["flow_run_id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and not Path(str(out)[:-4] + ".report.json").exists():
+        time.sleep(0.5)
+    assert out.exists()
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            fr = client.read_flow_run(run_id)
+            if fr.state and fr.state.is_final():
+                break
+            time.sleep(0.5)
+    assert fr.state.is_completed(), fr.state
 
 
 def test_killing_a_worker_mid_run_still_completes(sample, dask_processes, local_reference, tmp_path):
@@ -188,3 +233,26 @@ def test_gpu_resource_limits_one_tile_per_worker(sample, prefect_harness, tmp_pa
             assert summary["processed"] == 6
         assert max_overlap(tmp_path / "gpu.work" / "probe") == 1
         assert max_overlap(tmp_path / "control.work" / "probe") == 2
+
+
+def test_demo_is_offline_and_clean(tmp_path):
+    """``cmsr demo`` with everything default except a quick method: the temporary Prefect API and
+    the embedded cluster start by themselves, nothing resolves or connects beyond loopback
+    (checked in every process through a sitecustomize hook), and stderr has no warning/error."""
+    netlog = tmp_path / "net.log"
+    env = engine_env({"PREFECT_HOME": str(tmp_path / "home"), "CMSR_TEST_NETLOG": str(netlog)})
+    env.pop("PREFECT_API_URL", None)
+    for k in [k for k in env if k.startswith("PREFECT_") and k not in ("PREFECT_HOME",)]:
+        env.pop(k)  # only the CLI's own defaults
+    env.pop("DO_NOT_TRACK", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "netguard"), env["PYTHONPATH"]])
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--method", "bp", "--out", str(tmp_path / "demo"),
+                        "--workers", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    bad = [ln for ln in r.stderr.splitlines() if any(w in ln.lower() for w in ("warn", "error", "traceback"))]
+    assert not bad, r.stderr
+    out = tmp_path / "demo" / "nir_10m_bp.tif"
+    assert f"output:     {out}" in r.stdout and out.exists()
+    assert (tmp_path / "demo" / "nir_10m_bp.quicklook.png").exists()
+    assert "RMSE" in r.stdout
+    assert not netlog.exists() or netlog.read_text() == "", netlog.read_text()
