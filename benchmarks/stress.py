@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=1, help="scenes per dataset")
     ap.add_argument("--max-iters", type=int, default=None, help="override iterations per stage")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="override a CMSRConfig field, e.g. --set lr_ratio_affine=10")
     ap.add_argument("--only", choices=("misalignment", "conservativeness"), default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args(argv)
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CMSRConfig.preset(args.preset)
     if args.max_iters:
         cfg = dataclasses.replace(cfg, max_iters=args.max_iters)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        cfg = dataclasses.replace(cfg, **{key: json.loads(value)})
     rng = np.random.default_rng(args.seed)
     rows: list[dict] = []
     datasets = args.dataset or ["epfl_rgbnir_x4", "ulb17vt_thermal_x4"]
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     "psnr_warp": round(p_w, 3), "psnr_no_warp": round(p_n, 3), "gain_db": round(p_w - p_n, 3),
                     "disp_err_px": round(float(err.mean()), 3), "true_disp_px": round(float(np.linalg.norm(truth[..., :2], axis=-1)[inside].mean()), 3),
                     "pass": bool(p_w - p_n >= 0.5 and err.mean() <= 1.0), "seconds": round(t1 - t0, 1),
-                    "base": warped.stats.get("base"),
+                    "base": warped.stats.get("base"), "overrides": args.set,
                 })
                 print(json.dumps(rows[-1]), flush=True)
             if args.only in (None, "conservativeness"):

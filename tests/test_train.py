@@ -15,7 +15,7 @@ from cmsr.resize import degrade_torch, upsample_torch
 from cmsr.train import masked_l1, super_resolve_normalized
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
-TINY = dataclasses.replace(CMSRConfig.best(), gradual=False, max_iters=6, crop_size=16, run_test_every=2)
+TINY = dataclasses.replace(CMSRConfig.best(), use_warp=True, gradual=False, max_iters=6, crop_size=16, run_test_every=2)
 
 
 def _scene(h: int, w: int, s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,8 @@ def test_presets_and_schedule() -> None:
     p = CMSRConfig.paper()
     assert p.stage_factors(4) == (2, 4) and p.stage_factors(2) == (2,) and p.stage_factors(8) == (2, 4, 8)
     assert p.stage_factors(6) == (2, 4, 6) and CMSRConfig.fast().stage_factors(4) == (2, 4)
-    assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.best().base == "auto"
+    assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.paper().use_warp
+    assert CMSRConfig.best().base == "auto" and not CMSRConfig.best().use_warp
     assert (p.crop_size, p.max_iters, p.back_projection_rounds, p.lr_ratio_tps) == (48, 800, 6, 0.2)
 
 
