@@ -28,7 +28,7 @@ from tiling.grid import Window
 from . import tilefn
 from .config import JobConfig
 
-JOB_FORMAT = 1
+JOB_FORMAT = 2  # 2: Job.guide (RasterInfo) replaced guide_path
 
 
 def package_version() -> str:
