@@ -87,15 +87,46 @@ class PrefectAPI:
         return self.url
 
 
+def _server_class(services: bool):
+    """Prefect's subprocess API server; with ``services``, without the ephemeral flag, so the
+    server's background services run too (the deployment scheduler above all: an ephemeral
+    server never creates the scheduled runs that ``cmsr serve`` waits for)."""
+    import subprocess
+    import sys
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    if not services:
+        return SubprocessASGIServer
+
+    class ServerWithServices(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            import prefect
+            from prefect.settings import get_current_settings
+
+            env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+                   "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_UI_ENABLED": "0"}
+            env.pop("PREFECT__SERVER_EPHEMERAL", None)
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env=env,
+            )
+
+    return ServerWithServices
+
+
 @contextlib.contextmanager
-def prefect_api(startup_timeout: float | None = None) -> Iterator[PrefectAPI]:
+def prefect_api(startup_timeout: float | None = None, services: bool = False) -> Iterator[PrefectAPI]:
     """Yield the Prefect API to use, starting a temporary local API if none is configured.
 
     Prefect would start one lazily itself, but then every Dask worker process that runs a task
     would start *its own* server on the same database (they inherit no API URL): that races for
     ports and leaves orphans. Starting it here and exporting ``PREFECT_API_URL`` gives workers
     (which inherit the environment, and get it in Prefect's serialised settings) the one URL.
-    The server starts in a thread; call ``wait()`` before the first API call."""
+    The server starts in a thread; call ``wait()`` before the first API call. ``services``:
+    run the server's background services (schedules), for ``cmsr serve``."""
     configure_environment()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -103,10 +134,9 @@ def prefect_api(startup_timeout: float | None = None) -> Iterator[PrefectAPI]:
     if url:
         yield PrefectAPI(str(url))
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
+    server_cls = _server_class(services)
     timeout = int(startup_timeout or float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    server = SubprocessASGIServer(port=SubprocessASGIServer().find_available_port())
+    server = server_cls(port=server_cls().find_available_port())
     errors: list[BaseException] = []
 
     def start() -> None:

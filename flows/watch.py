@@ -139,18 +139,22 @@ def serve(root: str, defaults: dict[str, Any], engine: dict[str, Any], *, cron: 
     """Serve two deployments until interrupted: ``scan-surveys/<name>`` on the schedule, and
     ``superresolve-survey/<name>`` (on demand: ``cmsr submit --deployment superresolve-survey/<name>``)."""
     from prefect import serve as prefect_serve
+    from prefect.types.entrypoint import EntrypointType
 
     from .engine import prefect_api
     from .survey import scan_surveys, superresolve_survey
 
-    with prefect_api() as api:
+    with prefect_api(services=True) as api:
         api.wait()
         scan = scan_surveys
         params = {"root": os.path.abspath(root), "defaults": defaults, "engine": engine}
         sched = {"cron": cron} if cron else {"interval": interval}
+        # module-path entry points ("flows.survey.scan_surveys"): the runner's subprocess then
+        # imports the package module, so the tasks it sends to Dask workers unpickle there
+        by_module = EntrypointType.MODULE_PATH
         prefect_serve(
-            scan.to_deployment(name=name, parameters=params, **sched),
-            superresolve_survey.to_deployment(name=name),
+            scan.to_deployment(name=name, parameters=params, entrypoint_type=by_module, **sched),
+            superresolve_survey.to_deployment(name=name, entrypoint_type=by_module),
             print_starting_message=False,
         )
 
