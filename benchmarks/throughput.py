@@ -256,7 +256,7 @@ def cmd_warm(args: argparse.Namespace) -> None:
                            finetune_min_iters=args.finetune_min_iters,
                            finetune_learning_rate=args.finetune_lr)
     reps = pick_representatives(lrs, valids, warm.representatives)
-    evals = [i for i in range(len(lrs)) if i not in reps][: args.eval_tiles]
+    evals = [i for i in range(len(lrs)) if i not in reps][args.eval_offset: args.eval_offset + args.eval_tiles]
     print(f"{args.dataset}: {len(lrs)} tiles, representatives {reps}, evaluating {evals}", flush=True)
     t0, c0 = time.perf_counter(), time.process_time()
     state = pretrain([lrs[i] for i in reps], [guides[i] for i in reps], [valids[i] for i in reps], 4, cfg,
@@ -363,6 +363,7 @@ def main() -> None:
     w.add_argument("--finetune-min-iters", type=int, default=60)
     w.add_argument("--finetune-lr", type=float, default=None)
     w.add_argument("--eval-tiles", type=int, default=4)
+    w.add_argument("--eval-offset", type=int, default=0, help="skip this many evaluation tiles")
     w.add_argument("--skip-scratch", action="store_true")
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--suffix", default="")
