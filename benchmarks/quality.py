@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [MethodSpec.parse(m) for m in args.methods]
     datasets = args.datasets or sorted(p.name for p in DATA.iterdir() if p.is_dir())
     OUT.mkdir(parents=True, exist_ok=True)
+    git_state = _git_state()  # at the start: the code this process imported
     rows: list[dict] = []
     for ds in datasets:
         for name in scenes(ds, args.only, args.scenes):
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     text = print_tables(summary)
     meta = {"argv": sys.argv[1:] if argv is None else argv, "iters_cap": args.iters, "device": args.device,
             "threads": args.threads, "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "default_preset": cmsr.DEFAULT_PRESET, "git": _git_state()}
+            "default_preset": cmsr.DEFAULT_PRESET, "git": git_state}
     (OUT / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows,
                                                        "table_markdown": text}, indent=1, default=str))
     return 0
