@@ -90,7 +90,7 @@ def test_warp_drawing_is_an_image_of_the_field(tmp_path: Path) -> None:
 def test_cmsr_with_save_warp_draws_the_learned_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cmsr.config import CMSRConfig
 
-    tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False, gradual=False)
+    tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False, gradual=False, use_warp=True)
     monkeypatch.setattr(CMSRConfig, "preset", classmethod(lambda cls, name: tiny))
     lines: list[str] = []
     out = run_single_pair(LR, GUIDE, tmp_path / "sr.png", 4, "cmsr", preset="fast",
