@@ -91,6 +91,12 @@ def prepare_job(rgb: str, target: str, out: str, config: dict) -> dict:
     }
 
 
+@task(name="warm-start", cache_policy=NO_CACHE, persist_result=False)
+def pretrain_task(job_path: str) -> list[str]:
+    """Survey warm start: the weights every tile starts from (files in the work dir)."""
+    return pipelines.pretrain_survey(job_path)
+
+
 @task(name="tile", cache_policy=NO_CACHE, persist_result=False, retries=TILE_RETRIES,
       retry_delay_seconds=TILE_RETRY_DELAY_S)
 def tile_task(job_path: str, indices: list[int]) -> list[dict]:
@@ -147,6 +153,10 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     _emit(Progress("planned", total, reused, reused=reused, job_path=job_path))
     client = _dask_client()
     use_gpu = gpu_workers(client) if gpu is None else bool(gpu)
+    if todo and (config or {}).get("warm_start"):
+        with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
+            pretrain_task.submit(job_path).result()
+        logger.info("survey warm start ready; tiles fine-tune from it")
     logger.info(f"{total} tile(s) to super-resolve, {reused} already done; scale {info['scale']}"
                 f"{'; one GPU per tile task' if use_gpu else ''}")
 

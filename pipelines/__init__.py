@@ -10,15 +10,17 @@ from .job import (
     load_job,
     pending,
     prepare,
+    pretrain_survey,
     run_tile,
     run_tiles,
     superresolve,
+    warm_start_paths,
     write_job_quicklook,
 )
 from .tilefn import TileContext, TileFn, bicubic_tile_fn
 
 __all__ = [
     "METHODS", "STITCH_MODES", "JobConfig", "Job", "JobOutputs", "TileResult", "TileContext", "TileFn",
-    "bicubic_tile_fn", "prepare", "load_job", "run_tile", "run_tiles", "pending", "finish", "superresolve",
+    "bicubic_tile_fn", "prepare", "load_job", "run_tile", "run_tiles", "pending", "pretrain_survey", "warm_start_paths", "finish", "superresolve",
     "write_job_quicklook",
 ]

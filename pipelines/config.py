@@ -52,12 +52,23 @@ class JobConfig:
     """``"module:function"`` of a custom tile function (overrides ``method``; importable in workers)."""
     cmsr_overrides: tuple[tuple[str, Any], ...] = ()
     """``CMSRConfig`` fields to override after the preset, e.g. ``(("max_iters", 50),)``."""
+    warm_start: bool = False
+    """Survey warm start (method ``cmsr``): train the networks fully on a few representative tiles
+    once, then start every tile from those weights and fine-tune it briefly; each tile still
+    learns its own warp from the identity. ~7x less time per tile (benchmarks/RESULTS.md)."""
+    batch_tiles: int = 0
+    """Tiles trained together as one batched computation (method ``cmsr``) when a call is given
+    several (``run_tiles``); 0 -> as many as fit half the free device memory (at most 64)."""
     quicklook: bool = True
     """Write ``<out stem>.quicklook.png`` (RGB | bicubic | super-resolved, same colour scale)."""
 
     def __post_init__(self) -> None:
         if self.tile_fn is None and self.method not in METHODS:
             raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
+        if self.warm_start and (self.method != "cmsr" or self.tile_fn):
+            raise ValueError(f"warm_start applies to method 'cmsr' only (got method {self.method!r})")
+        if self.batch_tiles < 0:
+            raise ValueError(f"batch_tiles must be >= 0, got {self.batch_tiles}")
         if self.stitch not in STITCH_MODES:
             raise ValueError(f"stitch {self.stitch!r}: expected one of {STITCH_MODES}")
         if self.degradation not in ("area", "bicubic"):
@@ -98,6 +109,6 @@ class JobConfig:
     def result_fields(self) -> dict:
         """The settings that change tile results (part of the plan key)."""
         d = self.to_dict()
-        for k in ("work_dir", "resume", "compress", "quicklook", "stitch"):
+        for k in ("work_dir", "resume", "compress", "quicklook", "stitch", "batch_tiles"):
             d.pop(k)
         return d

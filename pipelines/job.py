@@ -424,13 +424,11 @@ def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) ->
         done = _finished(job, index)
         if done is not None:
             return TileResult(**{**done.to_dict(), "reused": True})
-    t0 = time.perf_counter()
     if spec.skip:
-        result = TileResult(index, None, True, False, 0.0, spec.valid_fraction, {})
-        meta = job.tile_paths(index)[1]
-        os.makedirs(os.path.dirname(meta), exist_ok=True)
-        _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}))
-        return result
+        return _write_skipped(job, index)
+    if _batched_core(job, tile_fn):
+        return _run_core_batch(job, [index])[0]
+    t0 = time.perf_counter()
     fn = tilefn.resolve(job.config, tile_fn)
     inputs = read_tile_inputs(job, index)
     out = np.empty((len(job.target_bands), spec.read.height, spec.read.width), dtype=np.float32)
@@ -473,9 +471,133 @@ def _consistency(img: np.ndarray, lr: np.ndarray, spec, s: int) -> dict[str, flo
     return {"consistency_mae": float(d.mean()), "consistency_max": float(d.max())}
 
 
+def _write_skipped(job: Job, index: int) -> TileResult:
+    """Mark a tile below the valid-fraction threshold as done (nodata in the output)."""
+    result = TileResult(index, None, True, False, 0.0, job.plan.tiles[index].valid_fraction, {})
+    meta = job.tile_paths(index)[1]
+    os.makedirs(os.path.dirname(meta), exist_ok=True)
+    _atomic_write_text(meta, json.dumps({"key": job.key, "result": result.to_dict()}))
+    return result
+
+
+def _batched_core(job: Job, tile_fn: tilefn.TileFn | None) -> bool:
+    """Method ``cmsr`` with the core's own tile function: trained through ``cmsr.batched``
+    (one code path whether a call brings one tile or many, warm-started or not)."""
+    return tile_fn is None and not job.config.tile_fn and job.config.method == "cmsr"
+
+
+def warm_start_paths(job: Job) -> list[str]:
+    """One warm-start weight file per target band (bands differ in what they relate to the RGB)."""
+    return [os.path.join(job.work_dir, f"warm_start_band{b + 1}.pt") for b in range(len(job.target_bands))]
+
+
+def pretrain_survey(job_path: str, candidates: int = 16) -> list[str]:
+    """Survey warm start: train the networks on representative tiles once -> weight files.
+
+    Candidates are up to ``candidates`` processed tiles spread evenly over the plan (reading
+    every tile would cost a pass over the mosaic); ``cmsr.warm_start`` picks the representatives
+    among them by texture. Files are written atomically and reused on resume. Returns [] when
+    the job does not warm-start.
+    """
+    job = load_job(job_path)
+    if not (job.config.warm_start and _batched_core(job, None)):
+        return []
+    paths = warm_start_paths(job)
+    if job.config.resume and all(os.path.exists(p) for p in paths):
+        return paths
+    from cmsr import warm_start
+
+    active = [t.index for t in job.plan.tiles if not t.skip]
+    if not active:
+        return []
+    picks = sorted({active[int(round(q))] for q in np.linspace(0, len(active) - 1, min(candidates, len(active)))})
+    inputs = [read_tile_inputs(job, i) for i in picks]
+    cfg = tilefn.cmsr_config(job.config)
+    guide_range = np.asarray(job.guide_range, dtype=np.float64)
+    for b, path in enumerate(paths):
+        state = warm_start.pretrain_arrays(
+            [inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, cfg,
+            seed=job.config.seed, device=job.config.device, target_range=job.target_range[b], guide_range=guide_range,
+        )
+        tmp = f"{path}.{os.getpid()}.tmp"
+        warm_start.save_state(tmp, state)
+        os.replace(tmp, path)
+    return paths
+
+
+def _run_core_batch(job: Job, indices: list[int]) -> list[TileResult]:
+    """Tiles ``indices`` (none reused or skipped) trained together with ``cmsr.batched.run_batch``.
+
+    Seeds are ``seed + index`` as in ``run_tile``; batched training equals one-at-a-time training
+    within float tolerance (tests/test_batched.py). With a warm start each tile starts from the
+    survey's weights with the fine-tune budget, its warp from the identity.
+    """
+    from cmsr import batched, warm_start
+
+    cfg = tilefn.cmsr_config(job.config)
+    states: list[Any] = [None] * len(job.target_bands)
+    if job.config.warm_start:
+        paths = warm_start_paths(job)
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise RuntimeError(f"warm start weights {missing[0]} are missing: run pipelines.pretrain_survey first")
+        states = [warm_start.load_state(p) for p in paths]
+        cfg = warm_start.finetune_config(cfg)
+    guide_range = np.asarray(job.guide_range, dtype=np.float64)
+    t0 = time.perf_counter()
+    inputs = [read_tile_inputs(job, i) for i in indices]
+    outs = [np.empty((len(job.target_bands), inp.spec.read.height, inp.spec.read.width), np.float32) for inp in inputs]
+    band_stats: list[list[dict]] = [[] for _ in indices]
+    fn_seconds = 0.0
+    for b in range(len(job.target_bands)):
+        tf = time.perf_counter()
+        res = batched.run_batch(
+            [inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, cfg,
+            seeds=[job.config.seed + i for i in indices], device=job.config.device,
+            target_range=job.target_range[b], guide_range=guide_range, init_state=states[b],
+        )
+        fn_seconds += time.perf_counter() - tf
+        for k, (inp, r) in enumerate(zip(inputs, res)):
+            outs[k][b], st = finish_tile_band(job, inp, b, (r.image, dict(r.stats)))
+            band_stats[k].append(st)
+    share = (time.perf_counter() - t0) / len(indices)
+    return [write_tile_result(job, inp.spec, out, st, share, fn_seconds / len(indices))
+            for inp, out, st in zip(inputs, outs, band_stats)]
+
+
+def _batch_size(job: Job) -> int:
+    if job.config.batch_tiles:
+        return job.config.batch_tiles
+    from cmsr import batched
+
+    spec = job.plan.tiles[0]
+    return batched.choose_batch_size((spec.read.height, spec.read.width), tilefn.cmsr_config(job.config),
+                                     job.config.device, guide_channels=len(job.guide_bands), scale=job.plan.scale)
+
+
 def run_tiles(job_path: str, indices: list[int], tile_fn: tilefn.TileFn | None = None) -> list[TileResult]:
-    """A batch of (neighbouring) tiles in one call; for now one after the other."""
-    return [run_tile(job_path, int(i), tile_fn) for i in indices]
+    """A batch of (neighbouring) tiles in one call: for method ``cmsr`` trained together
+    (``batch_tiles`` at a time, one batched computation per chunk); other methods tile by tile."""
+    job = load_job(job_path)
+    if not _batched_core(job, tile_fn):
+        return [run_tile(job_path, int(i), tile_fn) for i in indices]
+    results: dict[int, TileResult] = {}
+    todo: list[int] = []
+    for i in map(int, indices):
+        if not 0 <= i < len(job.plan.tiles):
+            raise IndexError(f"tile {i}: the plan has {len(job.plan.tiles)} tiles")
+        done = _finished(job, i) if job.config.resume else None
+        if done is not None:
+            results[i] = TileResult(**{**done.to_dict(), "reused": True})
+        elif job.plan.tiles[i].skip:
+            results[i] = _write_skipped(job, i)
+        else:
+            todo.append(i)
+    size = _batch_size(job) if len(todo) > 1 else 1
+    for start in range(0, len(todo), size):
+        chunk = todo[start : start + size]
+        results.update(zip(chunk, _run_core_batch(job, chunk)))
+    return [results[int(i)] for i in indices]
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,11 +742,12 @@ def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = Non
                  tile_fn: tilefn.TileFn | None = None) -> JobOutputs:
     """The whole job in this process, tile after tile (``flows`` distributes the same steps)."""
     job = prepare(rgb, target, out, config)
+    pretrain_survey(job.job_path)
     results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
     return finish(job.job_path, results)
 
 
 __all__ = [
     "Job", "JobConfig", "JobOutputs", "TileResult", "prepare", "load_job", "run_tile", "run_tiles",
-    "pending", "finish", "superresolve",
+    "pending", "pretrain_survey", "warm_start_paths", "finish", "superresolve",
 ]
