@@ -41,7 +41,7 @@ from .runtime import AmpChoice, DevicePolicy, device_policy, free_memory_bytes
 from . import train as _train
 from .train import (TrainOutput, _check_inputs, _Guide, _load_init_state, _LRPolicy, _ReconCheck, choose_base_kind,
                     infer_stage)
-from .warp import GuideWarp
+from .warp import GuideWarp, prealign
 
 BatchProgressFn = Callable[[int, int, float, float], None]
 """Called at every reconstruction check with (tile index, iteration, recon error, lr)."""
@@ -306,6 +306,9 @@ class _Tile:
         self.use_warp = self.use_guide and config.use_warp
         self.warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings,
                               config.tps_grid).to(dev) if self.use_warp else None
+        if self.warp is not None and config.warp_prealign_iters > 0:  # as cmsr.train
+            prealign(self.warp, guide, self.lr, self.valid, config.warp_prealign_iters,  # type: ignore[arg-type]
+                     config.warp_prealign_lr)
         self.gd = _Guide(policy.to_device(guide.detach()).contiguous(), tuple(self.lr.shape), self.warp,
                          config.guide_train_sampling) if self.use_guide else None  # type: ignore[union-attr]
         self.sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, self.lr, self.valid)]

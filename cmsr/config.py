@@ -56,6 +56,15 @@ class CMSRConfig:
     """Iterations at the start of training during which the warp is frozen (0 = paper). While F_g
     is still random its gradient on the warp is noise, and Adam turns noise into a drift."""
 
+    warp_prealign_iters: int = 0
+    """Adam steps per pyramid level (/4, /2, /1 of the LR grid) of a registration of the warp's
+    global affine before training, by the residual of a local linear (guided-filter) fit of the LR
+    by the warped guide (``cmsr.warp.prealign``). 0 = paper (no such step). A deviation: the paper's
+    only signal for the warp is the full-output loss, which does not recover a few-pixel
+    misalignment (benchmarks/RESULTS.md, stress tests)."""
+    warp_prealign_lr: float = 2e-3
+    """Adam learning rate of the pre-registration (normalised coordinates)."""
+
     # --- ablations --------------------------------------------------------------------------
     use_guide: bool = True
     """False: pure ZSSR (no guide branch, no warp)."""

@@ -38,7 +38,7 @@ from .augment import Augmentation, extract, sample_augmentation
 from .baselines import guided_filter_upsample
 from .config import CMSRConfig
 from .resize import degrade_torch, imresize_torch, upsample_torch
-from .warp import GuideWarp, pixel_centers, sample, to_normalized
+from .warp import GuideWarp, pixel_centers, prealign, sample, to_normalized
 
 ProgressFn = Callable[[int, float, float], None]
 PROGRESS_EVERY = 10
@@ -251,6 +251,8 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
     net = M.CMSRNet(_load_init_state(params0, init_state)).to(dev)
     warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings, config.tps_grid).to(dev) \
         if use_warp else None
+    if warp is not None and config.warp_prealign_iters > 0:
+        prealign(warp, guide, lr_t, valid_t, config.warp_prealign_iters, config.warp_prealign_lr)  # type: ignore[arg-type]
     gd = _Guide(guide.detach().to(dev, torch.float32).contiguous(), (h, w), warp, config.guide_train_sampling) \
         if use_guide else None  # type: ignore[union-attr]
 

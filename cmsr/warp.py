@@ -136,3 +136,50 @@ class GuideWarp(nn.Module):
             d = self.forward(p) - p
             out = torch.stack([d[..., 1] * height / 2.0, d[..., 0] * width / 2.0], dim=-1)
         return out.cpu().numpy().astype(np.float32)
+
+
+def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+             iters: int = 100, lr: float = 2e-3, radius: int = 2, eps: float = 1e-3) -> list[float]:
+    """Register the warp's global affine to the target before training (a deviation from the paper).
+
+    Why: trained only through the full-output L1 of a small guide branch (the paper's scheme), the
+    warp gets a weak, misleading gradient and does not recover a misalignment of a few pixels
+    (benchmarks/RESULTS.md, stress tests). A cross-modal criterion with a wide, smooth basin is the
+    residual of a *local linear fit* of the target by the warped guide: the guided filter
+    (He et al.) of the target with the warped guide as its guide reproduces the target well exactly
+    where the guide's edges sit on the target's. Minimised (L1, valid pixels) coarse to fine on
+    the target's grid /4, /2 and /1 (the guide resized to each), ``iters`` Adam steps of the affine
+    only per level. ``guide`` (C, H, W) on any grid of the scene, ``target`` (h, w). Returns the
+    final loss of each level.
+    """
+    from .baselines import guided_filter
+    from .resize import imresize_torch
+
+    h, w = target.shape
+    dev = warp.affine.device
+    tgt0 = target.detach().to(dev, torch.float32)
+    m0 = torch.ones_like(tgt0) if valid is None else valid.detach().to(dev, torch.float32)
+    g0 = guide.detach().to(dev, torch.float32)
+    opt = torch.optim.Adam([warp.affine], lr=lr)
+    losses: list[float] = []
+    for div in (4, 2, 1):
+        hh, ww = h // div, w // div
+        if min(hh, ww) < 4 * radius + 2:
+            continue
+        tgt = tgt0 if div == 1 else imresize_torch(tgt0, output_shape=(hh, ww))
+        msk = m0 if div == 1 else (imresize_torch(m0, output_shape=(hh, ww)) > 0.999).to(torch.float32)
+        gl = imresize_torch(g0, output_shape=(hh, ww))
+        pts = pixel_centers(hh, ww, dev)
+        loss = torch.zeros((), device=dev)
+        for _ in range(int(iters)):
+            gw = sample(gl, warp(pts)).double()
+            fit = guided_filter(gw, tgt.double(), radius, eps)
+            loss = ((fit - tgt.double()).abs() * msk).sum() / msk.sum().clamp_min(1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            warp.velocity.grad = None
+            warp.tps_offsets.grad = None
+            opt.step()
+        losses.append(float(loss.detach()))
+    warp.zero_grad(set_to_none=True)
+    return losses
