@@ -487,8 +487,9 @@ def _batched_core(job: Job, tile_fn: tilefn.TileFn | None) -> bool:
 
 
 def warm_start_paths(job: Job) -> list[str]:
-    """One warm-start weight file per target band (bands differ in what they relate to the RGB)."""
-    return [os.path.join(job.work_dir, f"warm_start_band{b + 1}.pt") for b in range(len(job.target_bands))]
+    """One warm-start weight file per target band (bands differ in what they relate to the RGB),
+    named by the plan key so weights from other inputs or settings in the same work dir are never reused."""
+    return [os.path.join(job.work_dir, f"warm_start_{job.key[:16]}_band{b + 1}.pt") for b in range(len(job.target_bands))]
 
 
 def pretrain_survey(job_path: str, candidates: int = 16) -> list[str]:
