@@ -40,6 +40,11 @@ from .config import CMSRConfig
 from .resize import degrade_torch, imresize_torch, upsample_torch
 from .warp import GuideWarp, pixel_centers, prealign, sample, to_normalized
 
+_ADAM_KWARGS: dict = {"fused": True}
+"""torch's fused Adam (one kernel for every tensor; CPU since torch 2.4): the same update as the
+default per-tensor loop, ~2 ms less per training iteration on this CPU. Empty where unsupported."""
+if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4):
+    _ADAM_KWARGS = {}
 ProgressFn = Callable[[int, float, float], None]
 PROGRESS_EVERY = 10
 AUTO_BASE_FACTOR = 2
@@ -163,6 +168,21 @@ def choose_base_kind(lr: torch.Tensor, valid: torch.Tensor, config: CMSRConfig, 
     return _ReconCheck(lr, valid, AUTO_BASE_FACTOR, config, gd).choose_base()
 
 
+def make_warp(guide: torch.Tensor, lr: torch.Tensor, valid: torch.Tensor, scale: int,
+              config: CMSRConfig) -> GuideWarp:
+    """A tile's internal transformer before training: the identity, pre-registered to the LR when
+    ``config.warp_prealign_iters`` > 0, and reset to the identity when that registration moved the
+    guide by less than ``config.warp_min_registration_px`` HR pixels on average."""
+    warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings,
+                     config.tps_grid).to(lr.device)
+    if config.warp_prealign_iters > 0:
+        prealign(warp, guide, lr, valid, config.warp_prealign_iters, config.warp_prealign_lr)
+        h, w = lr.shape
+        if warp.mean_displacement_px(scale * h, scale * w) < config.warp_min_registration_px:
+            warp.reset_()
+    return warp
+
+
 def _check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int) -> None:
     if lr.ndim != 2:
         raise ValueError(f"lr must be (h, w), got shape {tuple(lr.shape)}")
@@ -249,24 +269,23 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
                             sr_width=config.sr_width, guide_depth=config.guide_depth,
                             guide_width=config.guide_width, init_variance=config.init_variance, seed=seed)
     net = M.CMSRNet(_load_init_state(params0, init_state)).to(dev)
-    warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings, config.tps_grid).to(dev) \
-        if use_warp else None
-    if warp is not None and config.warp_prealign_iters > 0:
-        prealign(warp, guide, lr_t, valid_t, config.warp_prealign_iters, config.warp_prealign_lr)  # type: ignore[arg-type]
-    gd = _Guide(guide.detach().to(dev, torch.float32).contiguous(), (h, w), warp, config.guide_train_sampling) \
+    warp = make_warp(guide, lr_t, valid_t, scale, config) if use_warp else None  # type: ignore[arg-type]
+    # a frozen identity warp reads the guide at exactly the points it is given: skip evaluating it
+    live_warp = None if warp is None or (not config.warp_learn and warp.is_identity()) else warp
+    gd = _Guide(guide.detach().to(dev, torch.float32).contiguous(), (h, w), live_warp, config.guide_train_sampling) \
         if use_guide else None  # type: ignore[union-attr]
 
     groups = [{"params": net.sr_parameters(), "ratio": 1.0}]
     if use_guide:
         groups.append({"params": net.guide_parameters(), "ratio": config.lr_ratio_guide})
-    if warp is not None:
+    if warp is not None and config.warp_learn:
         pg = warp.parameter_groups()
         groups += [{"params": pg["affine"], "ratio": config.lr_ratio_affine},
                    {"params": pg["svf"], "ratio": config.lr_ratio_svf},
                    {"params": pg["tps"], "ratio": config.lr_ratio_tps}]
     for g in groups:
         g["lr"] = config.learning_rate * g["ratio"]
-    opt = torch.optim.Adam(groups, lr=config.learning_rate)
+    opt = torch.optim.Adam(groups, lr=config.learning_rate, **_ADAM_KWARGS)
 
     sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, lr_t, valid_t)]
     stage_stats: list[dict] = []
@@ -280,7 +299,7 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
         for g in opt.param_groups:
             g["lr"] = policy.lr * g["ratio"]
         recon = _ReconCheck(lr_t, valid_t, factor, config, gd)
-        if base_kind is None:  # decided once, before training, with the warp at identity
+        if base_kind is None:  # decided once, before training (warp at identity or as pre-registered)
             base_kind = choose_base_kind(lr_t, valid_t, config, gd)
         recon.set_base(base_kind)
         iters = 0
@@ -288,7 +307,7 @@ def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid
             aug = sample_augmentation(rng, [tuple(s[1].shape) for s in sources], [s[0] for s in sources],
                                       factor, config)
             if warp is not None:
-                warp.requires_grad_(total_iters + it >= config.warp_warmup_iters)
+                warp.requires_grad_(config.warp_learn and total_iters + it >= config.warp_warmup_iters)
             loss = _train_step(net, opt, gd, sources, aug, factor, config, base_kind)
             iters = it + 1
             last_loss = loss
