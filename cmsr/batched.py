@@ -40,8 +40,8 @@ from .resize import degrade_torch, upsample_torch
 from .runtime import AmpChoice, DevicePolicy, device_policy, free_memory_bytes
 from . import train as _train
 from .train import (TrainOutput, _check_inputs, _Guide, _load_init_state, _LRPolicy, _ReconCheck, choose_base_kind,
-                    infer_stage)
-from .warp import GuideWarp, prealign
+                    infer_stage, make_warp)
+from .warp import GuideWarp
 
 BatchProgressFn = Callable[[int, int, float, float], None]
 """Called at every reconstruction check with (tile index, iteration, recon error, lr)."""
@@ -297,18 +297,15 @@ class _Tile:
     """Host-side state of one tile in a batch (its streams, policy, guide, sources)."""
 
     def __init__(self, lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, seed: int,
-                 config: CMSRConfig, policy: DevicePolicy) -> None:
+                 scale: int, config: CMSRConfig, policy: DevicePolicy) -> None:
         dev = policy.device
         self.rng = np.random.default_rng(seed)
         self.lr = policy.to_device(lr.detach())
         self.valid = valid.detach().to(dev, torch.bool)
         self.use_guide = bool(config.use_guide and guide is not None)
         self.use_warp = self.use_guide and config.use_warp
-        self.warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings,
-                              config.tps_grid).to(dev) if self.use_warp else None
-        if self.warp is not None and config.warp_prealign_iters > 0:  # as cmsr.train
-            prealign(self.warp, guide, self.lr, self.valid, config.warp_prealign_iters,  # type: ignore[arg-type]
-                     config.warp_prealign_lr)
+        self.warp = make_warp(guide, self.lr, self.valid, scale, config) \
+            if self.use_warp else None  # type: ignore[arg-type]
         self.gd = _Guide(policy.to_device(guide.detach()).contiguous(), tuple(self.lr.shape), self.warp,
                          config.guide_train_sampling) if self.use_guide else None  # type: ignore[union-attr]
         self.sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, self.lr, self.valid)]
@@ -322,7 +319,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
                  conv_impl: ConvImpl, global_index: list[int], progress: BatchProgressFn | None) -> list[TrainOutput]:
     t0 = time.perf_counter()
     dev = policy.device
-    tiles = [_Tile(lr, g, v, s, config, policy) for lr, g, v, s in zip(lrs, guides, valids, seeds)]
+    tiles = [_Tile(lr, g, v, s, scale, config, policy) for lr, g, v, s in zip(lrs, guides, valids, seeds)]
     k_tiles = len(tiles)
     use_guide, use_warp = tiles[0].use_guide, tiles[0].use_warp
     c_guide = int(guides[0].shape[0]) if use_guide else None  # type: ignore[union-attr]
@@ -368,7 +365,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
                 break
             augs = {p: sample_augmentation(tiles[p].rng, [tuple(s[1].shape) for s in tiles[p].sources],
                                            [s[0] for s in tiles[p].sources], factor, config) for p in active}
-            warp_on = [p for p in active if tiles[p].iterations + it >= config.warp_warmup_iters]
+            warp_on = [p for p in active if config.warp_learn and tiles[p].iterations + it >= config.warp_warmup_iters]
             total = _batched_losses(augs, src_stacks, net, warp, guide_stack, factor, config,
                                     policy, conv_impl, last_loss, kinds, bool(warp_on))
             net.data.grad = None

@@ -64,6 +64,14 @@ class CMSRConfig:
     misalignment (benchmarks/RESULTS.md, stress tests)."""
     warp_prealign_lr: float = 2e-3
     """Adam learning rate of the pre-registration (normalised coordinates)."""
+    warp_learn: bool = True
+    """Train the warp by the full-output loss during training (paper). False: the warp stays as the
+    pre-registration left it (a deviation: that loss drives a few-pixel misalignment the wrong way,
+    benchmarks/RESULTS.md)."""
+    warp_min_registration_px: float = 0.0
+    """After the pre-registration, drop the warp (identity) when its mean displacement is below this
+    many HR pixels: a sub-pixel correction of an already registered pair bought nothing measurable
+    and its bilinear resampling softens the guide. 0 = always keep it."""
 
     # --- ablations --------------------------------------------------------------------------
     use_guide: bool = True
