@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cmsr.resize import DegradationModel, degrade_torch, upsample_torch
+from cmsr.resize import DegradationModel, degrade_torch, imresize_torch, upsample_torch
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,24 @@ class GuidedFilterParams:
     thermal but only 29.16 on NIR. The guide as a filter does not help thermal much.
     """
 
+    gate: tuple[float, float] | None = None
+    """Conservative transfer: (lo, hi) of the local-fit R^2 (:func:`local_fit_r2`) of the LR by the
+    guide resized to the LR grid, radius ``gate_radius`` LR pixels. Where the guide explains less
+    than ``lo`` of the LR's local variance the result is plain bicubic + back-projection, above
+    ``hi`` the guided filter's, linear between. None: the guided filter everywhere (He et al.)."""
+    gate_radius: int = 2
+    gate_eps: float = 1e-3
+
     radius: int = 2
     eps: float = 1e-2
     iterations: int = 4
     bp_rounds: int = 12
+
+    @classmethod
+    def smooth(cls, gate: tuple[float, float] | None = None) -> "GuidedFilterParams":
+        """Little guide transfer (radius 2, eps 0.1, 3 cycles): the best thermal setting of the tuning
+        table (benchmarks/RESULTS.md); with a registered guide it is above back-projection there."""
+        return cls(gate=gate, radius=2, eps=1e-1, iterations=3)
 
 
 DEFAULT_BP_ROUNDS = 12
@@ -85,6 +99,32 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     """
     if guide.dim() == 2:
         guide = guide[None]
+    a, b, _ = _local_linear_fit(guide, src, radius, eps)
+    return (box_filter(a, radius) * guide).sum(0) + box_filter(b, radius)
+
+
+def local_fit_r2(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
+                 noise_var: float = 1e-4) -> torch.Tensor:
+    """Per-pixel share of ``src``'s local variance that a local linear model of the guide explains.
+
+    The guided filter's ridge fit per window, its explained share ``(a.cov + eps |a|^2) / (var +
+    noise_var)`` clamped to [0, 1], averaged over the windows covering each pixel (as a and b are).
+    Why: near 1 where the guide's structure sits on the target's, near 0 where the guide shows
+    something the target does not (a foreign object, RGB-only texture) or the target is flat.
+    ``noise_var`` (normalised units^2) keeps flat windows from counting as explained.
+    """
+    if guide.dim() == 2:
+        guide = guide[None]
+    a, _, cov_ip = _local_linear_fit(guide, src, radius, eps)
+    mean_p = box_filter(src, radius)
+    var_p = (box_filter(src * src, radius) - mean_p * mean_p).clamp_min(0.0)
+    explained = (a * cov_ip).sum(0) + eps * (a * a).sum(0)
+    return box_filter((explained / (var_p + noise_var)).clamp(0.0, 1.0), radius)
+
+
+def _local_linear_fit(guide: torch.Tensor, src: torch.Tensor, radius: int,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-window ridge fit ``src ~ a . guide + b``: (a (C, H, W), b (H, W), cov(guide, src) (C, H, W))."""
     c = guide.shape[0]
     mean_i = box_filter(guide, radius)  # (C, H, W)
     mean_p = box_filter(src, radius)  # (H, W)
@@ -100,7 +140,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
         a = torch.linalg.solve(sigma + eps * eye, cov_ip.permute(1, 2, 0)[..., None])[..., 0]
         a = a.permute(2, 0, 1)  # (C, H, W)
     b = mean_p - (a * mean_i).sum(0)
-    return (box_filter(a, radius) * guide).sum(0) + box_filter(b, radius)
+    return a, b, cov_ip
 
 
 def guided_filter_upsample(
@@ -124,4 +164,11 @@ def guided_filter_upsample(
         # float64 for the per-pixel normal equations: small eps on flat windows is ill-conditioned.
         y = guided_filter(g64, y.double(), params.radius, params.eps).to(lr.dtype)
         y = back_projection(y, lr, scale, params.bp_rounds, degradation)
-    return y
+    if params.gate is None:
+        return y
+    lo, hi = params.gate
+    g_lr = imresize_torch(g64, output_shape=tuple(lr.shape[-2:]))
+    r2 = local_fit_r2(g_lr, lr.double(), params.gate_radius, params.gate_eps)
+    weight = upsample_torch(((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0), scale).clamp(0.0, 1.0).to(lr.dtype)
+    plain = back_projection(bicubic(lr, scale), lr, scale, params.bp_rounds, degradation)
+    return back_projection(plain + weight * (y - plain), lr, scale, params.bp_rounds, degradation)

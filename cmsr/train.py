@@ -35,7 +35,7 @@ import torch
 
 from . import model as M
 from .augment import Augmentation, extract, sample_augmentation
-from .baselines import guided_filter_upsample
+from .baselines import GuidedFilterParams, guided_filter_upsample
 from .config import CMSRConfig
 from .resize import degrade_torch, imresize_torch, upsample_torch
 from .warp import GuideWarp, pixel_centers, prealign, sample, to_normalized
@@ -45,6 +45,7 @@ _ADAM_KWARGS: dict = {"fused": True}
 default per-tensor loop, ~2 ms less per training iteration on this CPU. Empty where unsupported."""
 if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4):
     _ADAM_KWARGS = {}
+GUIDED_BASES: tuple[str, ...] = ("guided", "guided_smooth")
 ProgressFn = Callable[[int, float, float], None]
 PROGRESS_EVERY = 10
 AUTO_BASE_FACTOR = 2
@@ -99,8 +100,10 @@ def back_project(y: torch.Tensor, lr: torch.Tensor, factor: int, rounds: int, de
 def _base(small: torch.Tensor, factor: int, config: CMSRConfig, kind: str,
           guide: torch.Tensor | None) -> torch.Tensor:
     """The non-learned base the residuals are added to (see ``CMSRConfig.base``)."""
-    if kind == "guided" and guide is not None:
-        return guided_filter_upsample(small, guide.detach(), factor, degradation=config.degradation)
+    if kind in GUIDED_BASES and guide is not None:
+        params = GuidedFilterParams.smooth(config.base_gate) if kind == "guided_smooth" \
+            else GuidedFilterParams(gate=config.base_gate)
+        return guided_filter_upsample(small, guide.detach(), factor, params, degradation=config.degradation)
     up = upsample_torch(small, factor)
     if kind == "bicubic":
         return up
@@ -176,7 +179,8 @@ def make_warp(guide: torch.Tensor, lr: torch.Tensor, valid: torch.Tensor, scale:
     warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings,
                      config.tps_grid).to(lr.device)
     if config.warp_prealign_iters > 0:
-        prealign(warp, guide, lr, valid, config.warp_prealign_iters, config.warp_prealign_lr)
+        prealign(warp, guide, lr, valid, config.warp_prealign_iters, config.warp_prealign_lr,
+                 search=config.warp_prealign_search)
         h, w = lr.shape
         if warp.mean_displacement_px(scale * h, scale * w) < config.warp_min_registration_px:
             warp.reset_()
@@ -398,7 +402,7 @@ class _ReconCheck:
         if self.gd is None or not self.exact:
             return "bp"
         errs = {}
-        for kind in ("bp", "guided"):
+        for kind in ("bp",) + GUIDED_BASES:
             out = _base(self.son, self.factor, self.config, kind, self._guide())
             errs[kind] = float((((out - self.target) ** 2) * self.mask).sum())
         return min(errs, key=errs.__getitem__)

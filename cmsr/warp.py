@@ -162,7 +162,8 @@ class GuideWarp(nn.Module):
 
 
 def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-             iters: int = 100, lr: float = 2e-3, radius: int = 2, eps: float = 1e-3) -> list[float]:
+             iters: int = 100, lr: float = 2e-3, radius: int = 2, eps: float = 1e-3,
+             search: int = 0) -> list[float]:
     """Register the warp's global affine to the target before training (a deviation from the paper).
 
     Why: trained only through the full-output L1 of a small guide branch (the paper's scheme), the
@@ -172,8 +173,10 @@ def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: 
     (He et al.) of the target with the warped guide as its guide reproduces the target well exactly
     where the guide's edges sit on the target's. Minimised (L1, valid pixels) coarse to fine on
     the target's grid /4, /2 and /1 (the guide resized to each), ``iters`` Adam steps of the affine
-    only per level. ``guide`` (C, H, W) on any grid of the scene, ``target`` (h, w). Returns the
-    final loss of each level.
+    only per level. ``search`` > 0 first tries every whole-pixel shift of the target's grid within
+    +-``search`` pixels by the same criterion and starts from the best (a gradient descent alone
+    stalls on a weak cross-modal signal a few pixels away: thermal vs RGB). ``guide`` (C, H, W) on
+    any grid of the scene, ``target`` (h, w). Returns the final loss of each level.
     """
     from .baselines import guided_filter
     from .resize import imresize_torch
@@ -183,6 +186,24 @@ def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: 
     tgt0 = target.detach().to(dev, torch.float32)
     m0 = torch.ones_like(tgt0) if valid is None else valid.detach().to(dev, torch.float32)
     g0 = guide.detach().to(dev, torch.float32)
+
+    def fit_loss(gl: torch.Tensor, tgt: torch.Tensor, msk: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+        fit = guided_filter(sample(gl, warp(pts)).double(), tgt.double(), radius, eps)
+        return ((fit - tgt.double()).abs() * msk).sum() / msk.sum().clamp_min(1.0)
+
+    if search > 0:
+        gl, pts = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
+        start = warp.affine.detach().clone()
+        best, best_t = float("inf"), start[:, 2].clone()
+        shifts = sorted(((dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)),
+                        key=lambda d: (d[0] ** 2 + d[1] ** 2, d))  # nearest first: a tie keeps the smaller shift
+        with torch.no_grad():
+            for dy, dx in shifts:
+                warp.affine[:, 2] = start[:, 2] + torch.tensor([2.0 * dx / w, 2.0 * dy / h], device=dev)
+                loss = float(fit_loss(gl, tgt0, m0, pts))
+                if loss < best - 1e-12:
+                    best, best_t = loss, warp.affine[:, 2].clone()
+            warp.affine[:, 2] = best_t
     opt = torch.optim.Adam([warp.affine], lr=lr)
     losses: list[float] = []
     for div in (4, 2, 1):
@@ -195,9 +216,7 @@ def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: 
         pts = pixel_centers(hh, ww, dev)
         loss = torch.zeros((), device=dev)
         for _ in range(int(iters)):
-            gw = sample(gl, warp(pts)).double()
-            fit = guided_filter(gw, tgt.double(), radius, eps)
-            loss = ((fit - tgt.double()).abs() * msk).sum() / msk.sum().clamp_min(1.0)
+            loss = fit_loss(gl, tgt, msk, pts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             warp.velocity.grad = None

@@ -15,6 +15,7 @@ from cmsr.baselines import (
     box_filter,
     guided_filter,
     guided_filter_upsample,
+    local_fit_r2,
 )
 from cmsr.metrics import psnr
 from cmsr.resize import degrade_torch
@@ -72,3 +73,35 @@ def test_guided_upsample_rejects_a_wrong_size_guide() -> None:
         assert "not 4x" in str(exc)
     else:  # pragma: no cover - the assertion that makes this test fail
         raise AssertionError("a 40x40 guide for a 10x12 target was accepted")
+
+
+def test_local_fit_r2_separates_explained_from_foreign_structure() -> None:
+    rng = np.random.default_rng(1)
+    guide = torch.from_numpy(rng.random((3, 40, 40)))
+    linear = 0.4 * guide[0] - 0.3 * guide[1] + 0.1
+    assert float(local_fit_r2(guide, linear, 2, 1e-6)[3:-3, 3:-3].min()) > 0.95
+    unrelated = torch.from_numpy(rng.random((40, 40)))
+    assert float(local_fit_r2(guide, unrelated, 2, 1e-3).mean()) < 0.25  # ~3/24 by chance for 3 bands
+    flat = torch.full((40, 40), 0.5, dtype=torch.float64)
+    assert float(local_fit_r2(guide, flat, 2, 1e-3).max()) < 1e-6
+
+
+def test_gated_guided_upsample_does_not_transfer_a_foreign_object() -> None:
+    """A patch of another scene pasted into the RGB only: ungated, the guided filter writes its edges
+    into the NIR output; gated by the LR-scale local fit, the region stays near plain back-projection,
+    while outside it the result stays within 0.1 dB of the ungated filter."""
+    lr, guide, gt = _pair("epfl_rgbnir_x4", "indoor_0001")
+    donor = _pair("ulb17vt_thermal_x4", "006")[1]
+    pasted = guide.clone()
+    y0, x0, size = 60, 100, 96
+    pasted[:, y0:y0 + size, x0:x0 + size] = donor[:, 40:40 + size, 60:60 + size]
+    region = (slice(y0, y0 + size), slice(x0, x0 + size))
+    plain = back_projection(bicubic(lr, 4), lr, 4, rounds=12)
+    free = guided_filter_upsample(lr, pasted, 4)
+    gated = guided_filter_upsample(lr, pasted, 4, GuidedFilterParams(gate=(0.2, 0.6)))
+    d_free = float((free - plain)[region].abs().mean())
+    d_gated = float((gated - plain)[region].abs().mean())
+    assert d_gated < 0.5 * d_free, (d_gated, d_free)
+    clean_free = guided_filter_upsample(lr, guide, 4).numpy() * 255
+    clean_gated = guided_filter_upsample(lr, guide, 4, GuidedFilterParams(gate=(0.2, 0.6))).numpy() * 255
+    assert psnr(clean_gated, gt) > psnr(clean_free, gt) - 0.1

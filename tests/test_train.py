@@ -15,7 +15,8 @@ from cmsr.resize import degrade_torch, upsample_torch
 from cmsr.train import masked_l1, super_resolve_normalized
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
-TINY = dataclasses.replace(CMSRConfig.best(), use_warp=True, gradual=False, max_iters=6, crop_size=16, run_test_every=2)
+TINY = dataclasses.replace(CMSRConfig.best(), use_warp=True, warp_prealign_iters=0, warp_learn=True,
+                           warp_min_registration_px=0.0, gradual=False, max_iters=6, crop_size=16, run_test_every=2)
 
 
 def _scene(h: int, w: int, s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +36,9 @@ def test_presets_and_schedule() -> None:
     assert p.stage_factors(4) == (2, 4) and p.stage_factors(2) == (2,) and p.stage_factors(8) == (2, 4, 8)
     assert p.stage_factors(6) == (2, 4, 6) and CMSRConfig.fast().stage_factors(4) == (2, 4)
     assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.paper().use_warp
-    assert CMSRConfig.best().base == "auto" and not CMSRConfig.best().use_warp
+    b = CMSRConfig.best()
+    assert b.base == "auto" and b.use_warp and b.warp_prealign_iters > 0 and not b.warp_learn
+    assert CMSRConfig.paper().warp_learn and CMSRConfig.paper().base_gate is None
     assert (p.crop_size, p.max_iters, p.back_projection_rounds, p.lr_ratio_tps) == (48, 800, 6, 0.2)
 
 
@@ -144,3 +147,29 @@ def test_warp_prealign_moves_the_affine_only_and_batches_identically() -> None:
         torch.testing.assert_close(b.image, a.image, atol=2e-5, rtol=0)
         np.testing.assert_allclose(b.displacement, a.displacement, atol=1e-4)
     assert CMSRConfig.paper().warp_prealign_iters == 0
+
+
+def test_frozen_pre_registered_warp_is_kept_or_dropped_by_its_size() -> None:
+    """``make_warp``: a guide shifted by 6 HR px keeps its registration (about that size), a guide that
+    is already registered is reset to the exact identity; with ``warp_learn=False`` training leaves
+    the warp as registered, and the batched trainer does the same."""
+    from cmsr.batched import train_tiles
+    from cmsr.train import make_warp
+
+    torch.set_num_threads(1)
+    lr, guide = _scene(20, 24, 4, seed=3)
+    valid = torch.ones_like(lr, dtype=torch.bool)
+    cfg = TINY.replace(warp_prealign_iters=60, warp_learn=False, warp_min_registration_px=0.5, max_iters=4,
+                       self_ensemble=False)
+    same = make_warp(guide, lr, valid, 4, cfg)
+    assert same.is_identity()
+    shifted = torch.roll(guide, shifts=6, dims=-1)
+    moved = make_warp(shifted, lr, valid, 4, cfg)
+    assert not moved.is_identity() and 3.0 < moved.mean_displacement_px(80, 96) < 9.0
+    before = moved.displacement_px(80, 96)
+    out = super_resolve_normalized(lr, shifted, valid, 4, cfg, seed=0)
+    np.testing.assert_allclose(out.displacement, before, atol=1e-6)  # not trained after registration
+    got = train_tiles([lr, lr], [shifted, guide], [valid, valid], 4, cfg, seeds=[0, 1])
+    np.testing.assert_allclose(got[0].displacement, before, atol=1e-6)
+    assert not got[1].displacement.any()
+    torch.testing.assert_close(got[0].image, out.image, atol=2e-5, rtol=0)
