@@ -54,6 +54,12 @@ class CMSRConfig:
     its own /2 copy, decided once before training (internal model selection, no ground truth)."""
     base_bp_rounds: int = 12
     """Back-projection rounds of the ``bp`` base."""
+    guide_gate: tuple[float, float] | None = None
+    """Conservative inference: (lo, hi) of the same local-fit R^2 as ``base_gate``, applied to each
+    stage's whole guide-dependent change -- the output is blended towards the same network run
+    without F_g on the ``bp`` base, fully where the guide explains less than ``lo`` of the LR's local
+    variance (a flat target under a textured guide, a foreign object), then back-projected. None
+    (paper): no gate. Costs a second self-ensemble per stage."""
     base_gate: tuple[float, float] | None = None
     """Conservative guided bases: (lo, hi) of the R^2 of a local linear fit of the LR by the guide
     at the LR's scale (``GuidedFilterParams.gate``); where the guide explains less than ``lo`` of
@@ -216,7 +222,7 @@ class CMSRConfig:
         * measured (CPU, 1 thread, seed 0): thermal bp + 0.88 dB on 4 scenes; NIR guided filter +
           BP + 1.18 dB on both scenes (``paper``: thermal bp + 0.25-0.31, NIR GF+BP - 1.5).
         """
-        return cls(base="auto", base_gate=(0.2, 0.6), use_warp=True, warp_prealign_iters=100,
+        return cls(base="auto", base_gate=(0.2, 0.6), guide_gate=(0.2, 0.6), use_warp=True, warp_prealign_iters=100,
                    warp_prealign_search=4, warp_learn=False, warp_min_registration_px=0.5)
 
     @classmethod

@@ -38,7 +38,8 @@ def test_presets_and_schedule() -> None:
     assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.paper().use_warp
     b = CMSRConfig.best()
     assert b.base == "auto" and b.use_warp and b.warp_prealign_iters > 0 and not b.warp_learn
-    assert CMSRConfig.paper().warp_learn and CMSRConfig.paper().base_gate is None
+    assert CMSRConfig.paper().warp_learn and CMSRConfig.paper().base_gate is None and CMSRConfig.paper().guide_gate is None
+    assert b.guide_gate is not None
     assert (p.crop_size, p.max_iters, p.back_projection_rounds, p.lr_ratio_tps) == (48, 800, 6, 0.2)
 
 
@@ -173,3 +174,33 @@ def test_frozen_pre_registered_warp_is_kept_or_dropped_by_its_size() -> None:
     np.testing.assert_allclose(got[0].displacement, before, atol=1e-6)
     assert not got[1].displacement.any()
     torch.testing.assert_close(got[0].image, out.image, atol=2e-5, rtol=0)
+
+
+def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target() -> None:
+    """``guide_gate``: where the LR is flat under a textured guide the output is the network's own
+    without the guide; where the guide explains the LR the guide's contribution is kept."""
+    from cmsr import model as M
+    from cmsr.train import _Guide, guide_confidence, infer_stage
+
+    torch.set_num_threads(1)
+    lr, guide = _scene(16, 20, 4, seed=5)
+    lr = lr.clone()
+    lr[:, :8] = 0.5  # flat left part of the target...
+    gen = torch.Generator().manual_seed(7)
+    guide = guide.clone()
+    guide[:, :, :32] = torch.rand(3, 64, 32, generator=gen)  # ...under foreign texture in the guide
+    params = M.init_params(3, sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, seed=0)
+    for k in ("g.0", "g.1", "g.2"):  # a guide branch that clearly moves the output
+        params[k] = params[k] * 30.0
+    cfg = TINY.replace(sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, self_ensemble=False, guide_gate=None)
+    gd = _Guide(guide, tuple(lr.shape), None, "point")
+    plain = infer_stage(params, lr, gd, 4, cfg, "bp")
+    gated = infer_stage(params, lr, gd, 4, cfg.replace(guide_gate=(0.2, 0.6)), "bp")
+    own = infer_stage({k: v for k, v in params.items() if k.startswith("sr.")}, lr, None, 4, cfg, "bp")
+    conf = guide_confidence(lr, guide, 4, (0.2, 0.6))
+    assert float(conf[:, :12].max()) == 0.0 and float(conf[:, 52:].mean()) > 0.9
+    flat = (slice(4, -4), slice(0, 12))
+    d_plain, d_gated = float((plain - own)[flat].abs().mean()), float((gated - own)[flat].abs().mean())
+    assert d_plain > 1e-2 and d_gated < 0.2 * d_plain, (d_plain, d_gated)  # ungated, the texture gets in
+    scene = (slice(8, -8), slice(52, -8))
+    assert float((gated - plain)[scene].abs().mean()) < 0.2 * float((plain - own)[scene].abs().mean())
