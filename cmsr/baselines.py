@@ -166,9 +166,22 @@ def guided_filter_upsample(
         y = back_projection(y, lr, scale, params.bp_rounds, degradation)
     if params.gate is None:
         return y
-    lo, hi = params.gate
-    g_lr = imresize_torch(g64, output_shape=tuple(lr.shape[-2:]))
-    r2 = local_fit_r2(g_lr, lr.double(), params.gate_radius, params.gate_eps)
-    weight = upsample_torch(((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0), scale).clamp(0.0, 1.0).to(lr.dtype)
+    weight = guide_confidence(lr, guide, scale, params.gate, params.gate_radius, params.gate_eps)
     plain = back_projection(bicubic(lr, scale), lr, scale, params.bp_rounds, degradation)
     return back_projection(plain + weight * (y - plain), lr, scale, params.bp_rounds, degradation)
+
+
+def guide_confidence(lr: torch.Tensor, guide: torch.Tensor, scale: int, gate: tuple[float, float],
+                     radius: int = 2, eps: float = 1e-3) -> torch.Tensor:
+    """(scale*h, scale*w) weight in [0, 1]: how far the guide may change the output here.
+
+    :func:`local_fit_r2` of the LR by the guide resized to the LR grid (window radius ``radius`` LR
+    pixels), mapped linearly from ``gate = (lo, hi)`` to [0, 1] and upsampled. Why: where the target
+    is flat or its structure is not the guide's (a foreign object, RGB-only texture), whatever the
+    guide would add is not the target's.
+    """
+    lo, hi = gate
+    g_lr = imresize_torch(guide.detach().double(), output_shape=tuple(lr.shape[-2:]))
+    r2 = local_fit_r2(g_lr, lr.detach().double(), radius, eps)
+    w = ((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0).to(lr.dtype)
+    return upsample_torch(w, scale).clamp(0.0, 1.0)

@@ -35,7 +35,7 @@ import torch
 
 from . import model as M
 from .augment import Augmentation, extract, sample_augmentation
-from .baselines import GuidedFilterParams, guided_filter_upsample, local_fit_r2
+from .baselines import GuidedFilterParams, guide_confidence, guided_filter_upsample
 from .config import CMSRConfig
 from .resize import degrade_torch, imresize_torch, upsample_torch
 from .warp import GuideWarp, pixel_centers, prealign, sample, to_normalized
@@ -46,8 +46,6 @@ default per-tensor loop, ~2 ms less per training iteration on this CPU. Empty wh
 if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4):
     _ADAM_KWARGS = {}
 GUIDED_BASES: tuple[str, ...] = ("guided", "guided_smooth")
-GATE_RADIUS, GATE_EPS = 2, 1e-3
-"""Window radius (LR pixels) and ridge eps of :func:`guide_confidence`'s local fit (as ``base_gate``'s)."""
 ProgressFn = Callable[[int, float, float], None]
 PROGRESS_EVERY = 10
 AUTO_BASE_FACTOR = 2
@@ -424,7 +422,7 @@ class _ReconCheck:
 def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: int, config: CMSRConfig,
                 base_kind: str = "bicubic") -> torch.Tensor:
     """Self-ensembled, back-projected output on the grid ``factor`` x the LR (guide-gated when
-    ``config.guide_gate`` is set, see :func:`guide_confidence`)."""
+    ``config.guide_gate`` is set, see :func:`cmsr.baselines.guide_confidence`)."""
     g = gd.stage_grid(factor) if gd is not None else None
     y = _ensemble(params, lr, g, factor, config, base_kind)
     if g is None or config.guide_gate is None or not M.has_guide_branch(params):
@@ -433,21 +431,6 @@ def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: i
     y_ref = _ensemble(without_guide, lr, None, factor, config, "bp")
     c = guide_confidence(lr, g, factor, config.guide_gate)
     return back_project(y_ref + c * (y - y_ref), lr, factor, config.back_projection_rounds, config.degradation)
-
-
-def guide_confidence(lr: torch.Tensor, guide: torch.Tensor, factor: int, gate: tuple[float, float]) -> torch.Tensor:
-    """(factor*h, factor*w) weight in [0, 1]: how far the guide may change the output here.
-
-    The share of the LR's local variance (radius 2 LR pixels) that a local linear model of the guide,
-    resized to the LR grid, explains (:func:`cmsr.baselines.local_fit_r2`), mapped linearly from
-    ``gate = (lo, hi)`` to [0, 1] and upsampled. Why: where the target is flat or its structure is not
-    the guide's (a foreign object, RGB-only texture), whatever the guide would add is not the target's.
-    """
-    lo, hi = gate
-    g_lr = imresize_torch(guide.detach().double(), output_shape=tuple(lr.shape))
-    r2 = local_fit_r2(g_lr, lr.detach().double(), GATE_RADIUS, GATE_EPS)
-    w = ((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0).to(lr.dtype)
-    return upsample_torch(w, factor).clamp(0.0, 1.0)
 
 
 def _ensemble(params: M.Params, lr: torch.Tensor, g: torch.Tensor | None, factor: int, config: CMSRConfig,

@@ -180,7 +180,8 @@ def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target() -> None:
     """``guide_gate``: where the LR is flat under a textured guide the output is the network's own
     without the guide; where the guide explains the LR the guide's contribution is kept."""
     from cmsr import model as M
-    from cmsr.train import _Guide, guide_confidence, infer_stage
+    from cmsr.baselines import guide_confidence
+    from cmsr.train import _Guide, infer_stage
 
     torch.set_num_threads(1)
     lr, guide = _scene(16, 20, 4, seed=5)
