@@ -76,6 +76,11 @@ def _tps_system_inverse(ctrl: np.ndarray) -> np.ndarray:
     return np.linalg.inv(lmat)
 
 
+def _identity_affine(device: torch.device | str = "cpu") -> torch.Tensor:
+    """The (2, 3) affine that maps every point to itself."""
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device)
+
+
 class GuideWarp(nn.Module):
     """Identity-initialised affine -> stationary-velocity-field -> TPS warp of normalised points."""
 
@@ -84,7 +89,7 @@ class GuideWarp(nn.Module):
         super().__init__()
         self.svf_integration_grid = int(svf_integration_grid)
         self.svf_squarings = int(svf_squarings)
-        self.affine = nn.Parameter(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        self.affine = nn.Parameter(_identity_affine())
         self.velocity = nn.Parameter(torch.zeros(1, 2, svf_grid, svf_grid))
         t = np.linspace(-1.0, 1.0, tps_grid)
         gy, gx = np.meshgrid(t, t, indexing="ij")
@@ -136,13 +141,13 @@ class GuideWarp(nn.Module):
     def is_identity(self) -> bool:
         """True while every level is exactly at its identity (as initialised or after ``reset_``)."""
         with torch.no_grad():
-            eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=self.affine.device)
-            return bool(torch.equal(self.affine, eye) and not self.velocity.any() and not self.tps_offsets.any())
+            return bool(torch.equal(self.affine, _identity_affine(self.affine.device)) and not self.velocity.any()
+                        and not self.tps_offsets.any())
 
     @torch.no_grad()
     def reset_(self) -> None:
         """Back to the identity map (every level)."""
-        self.affine.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        self.affine.copy_(_identity_affine(self.affine.device))
         self.velocity.zero_()
         self.tps_offsets.zero_()
 
