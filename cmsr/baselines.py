@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -127,20 +128,36 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
 
 
 def local_fit_r2(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
-                 noise_var: float = 1e-4) -> torch.Tensor:
+                 noise_var: float = 1e-4, pool: Literal["mean", "min"] = "mean",
+                 flat_guide_var: float = 0.0) -> torch.Tensor:
     """Per-pixel share of ``src``'s local variance that a local linear model of the guide explains.
 
     The guided filter's ridge fit per window, its explained share ``(a.cov + eps |a|^2) / (var +
-    noise_var)`` clamped to [0, 1], averaged over the windows covering each pixel (as a and b are).
-    Why: near 1 where the guide's structure sits on the target's, near 0 where the guide shows
-    something the target does not (a foreign object, RGB-only texture) or the target is flat.
-    ``noise_var`` (normalised units^2) keeps flat windows from counting as explained.
+    noise_var)`` clamped to [0, 1], pooled over the windows covering each pixel. Why: near 1 where
+    the guide's structure sits on the target's, near 0 where the guide shows something the target
+    does not (a foreign object, RGB-only texture) or the target is flat. ``noise_var`` (normalised
+    units^2) keeps flat windows from counting as explained.
+
+    ``pool="mean"`` averages the covering windows (as the guided filter averages a and b);
+    ``"min"`` takes the least explained one: a window that straddles a foreign object's outline is
+    mostly explained by the genuine side, so the mean lets the outline through where the min does
+    not. ``flat_guide_var`` > 0 counts a window whose guide variance (summed over bands) is below it
+    as explained in proportion ``1 - var / flat_guide_var``: a flat guide can transfer nothing, so it
+    is no evidence against the guide (without it the min would distrust every pixel near a flat window).
     """
     if guide.dim() == 2:
         guide = guide[None]
     fit = _local_linear_fit(guide, src, radius, eps)
     explained = (fit.a * fit.cov).sum(0) + eps * (fit.a * fit.a).sum(0)
-    return box_filter((explained / (fit.var_src + noise_var)).clamp(0.0, 1.0), radius)
+    share = (explained / (fit.var_src + noise_var)).clamp(0.0, 1.0)
+    if flat_guide_var > 0:
+        share = torch.maximum(share, (1.0 - fit.var_guide / flat_guide_var).clamp(0.0, 1.0))
+    if pool == "mean":
+        return box_filter(share, radius)
+    if pool == "min":
+        k = 2 * radius + 1
+        return -F.max_pool2d(-share[None, None], k, stride=1, padding=radius)[0, 0]
+    raise ValueError(f"pool must be 'mean' or 'min', got {pool!r}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,7 @@ class _LocalFit:
     b: torch.Tensor  # (H, W) offsets
     cov: torch.Tensor  # (C, H, W) cov(guide, src) per window
     var_src: torch.Tensor  # (H, W) var(src) per window, >= 0
+    var_guide: torch.Tensor  # (H, W) guide variance per window, summed over bands, >= 0
 
 
 def _local_linear_fit(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> _LocalFit:
@@ -185,7 +203,8 @@ def _local_linear_fit(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: 
         sigma = torch.stack(rows, -2)  # (H, W, C, C)
         a = torch.linalg.solve(sigma, cov_ip.permute(1, 2, 0)[..., None])[..., 0].permute(2, 0, 1)
     b = mean_p - (a * mean_i).sum(0)
-    return _LocalFit(a, b, cov_ip, var_p)
+    var_guide = sum((sig[(i, i)] - eps for i in range(c)), torch.zeros_like(mean_p)).clamp_min(0.0)
+    return _LocalFit(a, b, cov_ip, var_p, var_guide)
 
 
 def guided_filter_upsample(
@@ -217,16 +236,17 @@ def guided_filter_upsample(
 
 
 def guide_confidence(lr: torch.Tensor, guide: torch.Tensor, scale: int, gate: tuple[float, float],
-                     radius: int = 2, eps: float = 1e-3) -> torch.Tensor:
+                     radius: int = 2, eps: float = 1e-3, pool: Literal["mean", "min"] = "mean",
+                     flat_guide_var: float = 0.0) -> torch.Tensor:
     """(scale*h, scale*w) weight in [0, 1]: how far the guide may change the output here.
 
     :func:`local_fit_r2` of the LR by the guide resized to the LR grid (window radius ``radius`` LR
-    pixels), mapped linearly from ``gate = (lo, hi)`` to [0, 1] and upsampled. Why: where the target
-    is flat or its structure is not the guide's (a foreign object, RGB-only texture), whatever the
-    guide would add is not the target's.
+    pixels, ``pool`` and ``flat_guide_var`` as there), mapped linearly from ``gate = (lo, hi)`` to
+    [0, 1] and upsampled. Why: where the target is flat or its structure is not the guide's (a
+    foreign object, RGB-only texture), whatever the guide would add is not the target's.
     """
     lo, hi = gate
     g_lr = imresize_torch(guide.detach().double(), output_shape=tuple(lr.shape[-2:]))
-    r2 = local_fit_r2(g_lr, lr.detach().double(), radius, eps)
+    r2 = local_fit_r2(g_lr, lr.detach().double(), radius, eps, pool=pool, flat_guide_var=flat_guide_var)
     w = ((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0).to(lr.dtype)
     return upsample_torch(w, scale).clamp(0.0, 1.0)

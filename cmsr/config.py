@@ -60,6 +60,13 @@ class CMSRConfig:
     without F_g on the ``bp`` base, fully where the guide explains less than ``lo`` of the LR's local
     variance (a flat target under a textured guide, a foreign object), then back-projected. None
     (paper): no gate. Costs a second self-ensemble per stage."""
+    guide_gate_pool: Literal["mean", "min"] = "mean"
+    """How ``guide_gate``'s R^2 pools the fit windows covering a pixel (``cmsr.baselines.local_fit_r2``):
+    ``mean`` as the guided filter, or ``min`` (trust a pixel only if every window over it is
+    explained: a foreign object's outline no longer passes through windows that straddle it)."""
+    guide_gate_flat_var: float = 0.0
+    """``guide_gate``'s windows whose guide variance (normalised units^2, summed over bands) is below
+    this count as explained in proportion: a flat guide transfers nothing (0: off)."""
     base_gate: tuple[float, float] | None = None
     """Conservative guided bases: (lo, hi) of the R^2 of a local linear fit of the LR by the guide
     at the LR's scale (``GuidedFilterParams.gate``); where the guide explains less than ``lo`` of
@@ -167,6 +174,8 @@ class CMSRConfig:
             raise ValueError(f"guide_train_sampling must be 'point' or 'area', got {self.guide_train_sampling!r}")
         if self.sr_depth < 2 or self.guide_depth < 2:
             raise ValueError("sr_depth and guide_depth must be at least 2")
+        if self.guide_gate_pool not in ("mean", "min"):
+            raise ValueError(f"guide_gate_pool must be 'mean' or 'min', got {self.guide_gate_pool!r}")
         if self.max_iters < 1 or self.crop_size < 8:
             raise ValueError("max_iters must be >= 1 and crop_size >= 8")
 

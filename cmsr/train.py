@@ -429,7 +429,8 @@ def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: i
         return y
     without_guide = {k: v for k, v in params.items() if not k.startswith("g.")}
     y_ref = _ensemble(without_guide, lr, None, factor, config, "bp")
-    c = guide_confidence(lr, g, factor, config.guide_gate)
+    c = guide_confidence(lr, g, factor, config.guide_gate, pool=config.guide_gate_pool,
+                         flat_guide_var=config.guide_gate_flat_var)
     return back_project(y_ref + c * (y - y_ref), lr, factor, config.back_projection_rounds, config.degradation)
 
 

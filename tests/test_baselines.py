@@ -86,6 +86,37 @@ def test_local_fit_r2_separates_explained_from_foreign_structure() -> None:
     assert float(local_fit_r2(guide, flat, 2, 1e-3).max()) < 1e-6
 
 
+def test_min_pooled_fit_distrusts_a_foreign_patch_outline() -> None:
+    """Windows straddling a pasted patch's outline are mostly explained by the genuine side, so the
+    mean over covering windows half-trusts the patch's border; the least-explained window does not."""
+    rng = np.random.default_rng(0)
+    guide = torch.from_numpy(rng.random((3, 40, 40)))
+    target = 0.5 * guide[0] - 0.2 * guide[1] + 0.1  # explained by the genuine guide everywhere
+    pasted = guide.clone()
+    pasted[:, 10:30, 10:30] = torch.from_numpy(rng.random((3, 20, 20)))
+    mean = local_fit_r2(pasted, target, 2, 1e-3)
+    least = local_fit_r2(pasted, target, 2, 1e-3, pool="min")
+    band = torch.zeros(40, 40, dtype=torch.bool)
+    band[10:30, 10:30] = True
+    band[12:28, 12:28] = False  # the patch's outer 2 px
+    assert float(mean[band].mean()) > 0.2
+    assert float(least[band].max()) < 0.2
+    assert float(least[:5].min()) > 0.95  # far from the patch both pools trust the guide
+
+
+def test_flat_guide_windows_count_as_explained_only_when_asked() -> None:
+    flat = torch.full((3, 40, 40), 0.5, dtype=torch.float64)
+    target = torch.from_numpy(np.random.default_rng(3).random((40, 40)))
+    assert float(local_fit_r2(flat, target, 2, 1e-3, pool="min").max()) < 1e-6
+    assert float(local_fit_r2(flat, target, 2, 1e-3, pool="min", flat_guide_var=0.01).min()) == 1.0
+    try:
+        local_fit_r2(flat, target, 2, 1e-3, pool="median")  # type: ignore[arg-type]
+    except ValueError as exc:
+        assert "pool" in str(exc)
+    else:  # pragma: no cover - the assertion that makes this test fail
+        raise AssertionError("an unknown pool was accepted")
+
+
 def test_gated_guided_upsample_does_not_transfer_a_foreign_object() -> None:
     """A patch of another scene pasted into the RGB only: ungated, the guided filter writes its edges
     into the NIR output; gated by the LR-scale local fit, the region stays near plain back-projection,

@@ -176,7 +176,12 @@ def test_frozen_pre_registered_warp_is_kept_or_dropped_by_its_size() -> None:
     torch.testing.assert_close(got[0].image, out.image, atol=2e-5, rtol=0)
 
 
-def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target() -> None:
+@pytest.mark.parametrize("gate", [dict(guide_gate=(0.2, 0.6)),
+                                  dict(guide_gate=CMSRConfig.best().guide_gate,
+                                       guide_gate_pool=CMSRConfig.best().guide_gate_pool,
+                                       guide_gate_flat_var=CMSRConfig.best().guide_gate_flat_var)],
+                         ids=["mean-pool", "as-in-best"])
+def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target(gate: dict) -> None:
     """``guide_gate``: where the LR is flat under a textured guide the output is the network's own
     without the guide; where the guide explains the LR the guide's contribution is kept."""
     from cmsr import model as M
@@ -196,9 +201,10 @@ def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target() -> None:
     cfg = TINY.replace(sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, self_ensemble=False, guide_gate=None)
     gd = _Guide(guide, tuple(lr.shape), None, "point")
     plain = infer_stage(params, lr, gd, 4, cfg, "bp")
-    gated = infer_stage(params, lr, gd, 4, cfg.replace(guide_gate=(0.2, 0.6)), "bp")
+    gated = infer_stage(params, lr, gd, 4, cfg.replace(**gate), "bp")
     own = infer_stage({k: v for k, v in params.items() if k.startswith("sr.")}, lr, None, 4, cfg, "bp")
-    conf = guide_confidence(lr, guide, 4, (0.2, 0.6))
+    conf = guide_confidence(lr, guide, 4, gate["guide_gate"], pool=gate.get("guide_gate_pool", "mean"),
+                            flat_guide_var=gate.get("guide_gate_flat_var", 0.0))
     assert float(conf[:, :12].max()) == 0.0 and float(conf[:, 52:].mean()) > 0.9
     flat = (slice(4, -4), slice(0, 12))
     d_plain, d_gated = float((plain - own)[flat].abs().mean()), float((gated - own)[flat].abs().mean())
