@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cmsr.api import METHODS, SRResult, run, superresolve
+from cmsr.api import METHODS, SRResult, choose_batch_size, run, run_many, superresolve
 from cmsr.errors import InvalidInput
 from cmsr.resize import imresize
 
-__all__ = ["METHODS", "SRResult", "run", "superresolve", "imresize", "InvalidInput", "CMSRConfig", "DEFAULT_PRESET"]
+__all__ = ["METHODS", "SRResult", "run", "run_many", "choose_batch_size", "superresolve", "imresize", "InvalidInput", "CMSRConfig", "DEFAULT_PRESET"]
 
 
 def __getattr__(name: str) -> Any:

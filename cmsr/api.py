@@ -13,6 +13,7 @@ import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -333,3 +334,35 @@ def superresolve(
 ) -> np.ndarray:
     """``run(...).image``: the super-resolved (H, W) float32 array in target units."""
     return run(target, guide, scale, config, **kwargs).image
+
+
+def run_many(
+    targets: "Sequence[np.ndarray]",
+    guides: "Sequence[np.ndarray | None]",
+    scale: int,
+    config: "CMSRConfig | None" = None,
+    *,
+    method: str = "cmsr",
+    seeds: "Sequence[int]",
+    device: str | torch.device = "cpu",
+    target_range: tuple[float, float] | None = None,
+    guide_range: np.ndarray | None = None,
+    init_state: "dict[str, torch.Tensor] | None" = None,
+    max_batch: int | None = None,
+) -> list[SRResult]:
+    """:func:`run` for many tiles of one survey: one :class:`SRResult` per tile (transitional)."""
+    if method != "cmsr":
+        return [run(t, g, scale, config, method=method, seed=s, device=device, target_range=target_range,
+                    guide_range=guide_range) for t, g, s in zip(targets, guides, seeds)]
+    from cmsr.batched import run_batch
+
+    return run_batch(targets, guides, scale, config, seeds=seeds, device=device, target_range=target_range,
+                     guide_range=guide_range, init_state=init_state, max_batch=max_batch)
+
+
+def choose_batch_size(hr_tile_shape: tuple[int, int], config: "CMSRConfig", device: str | torch.device = "cpu", *,
+                      guide_channels: int = 3, scale: int = 4, max_batch: int = 64) -> int:
+    """Tiles per batched training that fit half the free memory of ``device`` (transitional)."""
+    from cmsr.batched import choose_batch_size as _choose
+
+    return _choose(hr_tile_shape, config, device, guide_channels=guide_channels, scale=scale, max_batch=max_batch)
