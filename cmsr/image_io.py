@@ -41,22 +41,6 @@ def _read_flir(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return celsius, optical
 
 
-def is_flir(path: str | os.PathLike[str]) -> bool:
-    """True for a JPEG that carries FLIR radiometric data."""
-    p = Path(path)
-    return p.suffix.lower() in JPEG_SUFFIXES and p.is_file() and _read_flir(p) is not None
-
-
-def read_flir(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """FLIR radiometric JPEG -> (thermal in degrees C (h, w) float32, visible photo (H, W, 3) uint8)."""
-    p = Path(path)
-    _check_exists(p)
-    got = _read_flir(p)
-    if got is None:
-        raise InvalidInput(f"{p}: not a FLIR radiometric JPEG (flyr found no thermal data)")
-    return got
-
-
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a PNG/JPEG/TIFF as (H, W) or (H, W, C), keeping its dtype (uint8, uint16, float)."""
     p = Path(path)

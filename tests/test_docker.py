@@ -41,19 +41,28 @@ def _cmsr_commands() -> set[str]:
     return set(typer.main.get_command(app).commands)
 
 
-def test_console_script_is_the_cli():
+def test_console_script_is_the_cli(monkeypatch, capsys):
     text = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^cmsr = "flows\.cli:main"$', text, re.M)
     from flows.cli import main
 
-    assert callable(main)
+    # the console script, run as ``cmsr --help``, is the Typer app: exits 0 listing its commands
+    monkeypatch.setattr(sys, "argv", ["cmsr", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    missing = [c for c in _cmsr_commands() if c not in out]
+    assert not missing, f"cmsr --help does not list {missing}"
 
 
 def test_dockerfile_entrypoints_exist():
     for f in DOCKERFILES:
         text = f.read_text()
         assert 'ENTRYPOINT ["cmsr"]' in text, f
-        for src in re.findall(r"^COPY (?:--chmod=\d+ )?(\S+) ", text, re.M):
+        copies = re.findall(r"^COPY (?:--chmod=\d+ )?(.+) \S+$", text, re.M)
+        assert copies, f"{f.name}: no COPY instruction found"
+        for src in (src for line in copies for src in line.split()):  # every source, not the destination
             assert (REPO / src).exists() or src in (".",), f"{f.name}: COPY {src} does not exist"
     gpu = DOCKERFILES[1].read_text()
     assert '".[gpu]"' in gpu and "dask-cuda" in (REPO / "pyproject.toml").read_text()
@@ -61,7 +70,9 @@ def test_dockerfile_entrypoints_exist():
     assert "exec dask cuda worker" in worker and '--resources "GPU=1"' in worker and "--nthreads 1" in worker
     import importlib
 
-    for mod in re.findall(r"--preload (\S+)", worker):
+    preloads = re.findall(r"--preload (\S+)", worker)
+    assert preloads, "the GPU worker preloads no module"
+    for mod in preloads:
         importlib.import_module(mod)  # the worker preloads must be importable modules
 
 

@@ -65,5 +65,29 @@ def test_device_policy() -> None:
     assert t.dtype == torch.float32 and t.device.type == "cpu" and float(t[1, 2]) == 5.0
 
 
-def test_free_memory() -> None:
-    assert R.free_memory_bytes("cpu") > 2**20
+def test_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the real host number: more than nothing, at most the machine's physical memory (bytes, not kB)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 2**20 < R.free_memory_bytes("cpu") <= physical
+    # CUDA: the free bytes the driver reports for that device, not the total
+    seen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (seen.append(dev), (123 * 2**20, 80 * 2**30))[1])
+    assert R.free_memory_bytes("cuda:1") == 123 * 2**20 and seen == [torch.device("cuda:1")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/meminfo")
+def test_free_memory_on_the_host_is_mem_available(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:          100000 kB\nMemAvailable:    7000000 kB\n")
+    real_open = open
+    monkeypatch.setattr(R, "open", lambda path, *a, **k: real_open(meminfo if path == "/proc/meminfo" else path, *a, **k),
+                        raising=False)
+    assert R.free_memory_bytes("cpu") == 7000000 * 1024  # MemAvailable (kB), not MemFree
+
+    def unreadable(path, *a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(R, "open", unreadable, raising=False)
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 5000}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert R.free_memory_bytes("cpu") == 4096 * 5000  # without /proc: the available physical pages

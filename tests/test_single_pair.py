@@ -10,69 +10,81 @@ import pytest
 from cmsr import InvalidInput, image_io
 from cmsr.single_pair import run_single_pair
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PAIR = DATA / "pairs" / "ulb17vt_thermal_x4"
-LR, GUIDE = PAIR / "064_lr.png", PAIR / "064_guide.png"
-FLIR = DATA / "flir" / "FLIR.jpg"
+
+@pytest.fixture(scope="module")
+def lr(shared_data: Path) -> Path:
+    return shared_data / "pairs" / "ulb17vt_thermal_x4" / "064_lr.png"
 
 
-def test_missing_file_is_named(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def guide(shared_data: Path) -> Path:
+    return shared_data / "pairs" / "ulb17vt_thermal_x4" / "064_guide.png"
+
+
+@pytest.fixture(scope="module")
+def flir(shared_data: Path) -> Path:
+    return shared_data / "flir" / "FLIR.jpg"
+
+
+def test_missing_file_is_named(lr: Path, guide: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nothing_here.png"
     with pytest.raises(InvalidInput, match="nothing_here.png: file not found"):
-        run_single_pair(missing, GUIDE, tmp_path / "o.png", 4, "bicubic")
+        run_single_pair(missing, guide, tmp_path / "o.png", 4, "bicubic")
     with pytest.raises(InvalidInput, match="nothing_here.png: file not found"):
-        run_single_pair(LR, missing, tmp_path / "o.png", 4, "bicubic")
+        run_single_pair(lr, missing, tmp_path / "o.png", 4, "bicubic")
 
 
-def test_unreadable_image_is_named(tmp_path: Path) -> None:
+def test_unreadable_image_is_named(lr: Path, guide: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"this is not a png at all")
     with pytest.raises(InvalidInput, match="junk.png: cannot read image"):
-        run_single_pair(junk, GUIDE, tmp_path / "o.png", 4, "bicubic")
+        run_single_pair(junk, guide, tmp_path / "o.png", 4, "bicubic")
     bad_tif = tmp_path / "junk.tif"
     bad_tif.write_bytes(b"II*\x00garbage")
     with pytest.raises(InvalidInput, match="junk.tif: cannot read image"):
-        run_single_pair(LR, bad_tif, tmp_path / "o.png", 4, "guided")
+        run_single_pair(lr, bad_tif, tmp_path / "o.png", 4, "guided")
 
 
 @pytest.mark.parametrize("scale", [1, 9])
-def test_scale_out_of_range_names_the_target(tmp_path: Path, scale: int) -> None:
+def test_scale_out_of_range_names_the_target(lr: Path, guide: Path, tmp_path: Path, scale: int) -> None:
     with pytest.raises(InvalidInput, match=rf"064_lr.png: scale must be an integer in 2..8, got {scale}"):
-        run_single_pair(LR, GUIDE, tmp_path / "o.png", scale, "bicubic")
+        run_single_pair(lr, guide, tmp_path / "o.png", scale, "bicubic")
     assert not (tmp_path / "o.png").exists()
 
 
-def test_aspect_mismatch_names_the_guide_and_inputs_are_never_overwritten(tmp_path: Path) -> None:
+def test_aspect_mismatch_names_the_guide_and_inputs_are_never_overwritten(
+    lr: Path, guide: Path, flir: Path, tmp_path: Path
+) -> None:
     with pytest.raises(InvalidInput, match=r"FLIR.jpg: guide size 640x480 and target size 60x80"):
-        run_single_pair(LR, FLIR, tmp_path / "o.png", 4, "guided")
+        run_single_pair(lr, flir, tmp_path / "o.png", 4, "guided")
     with pytest.raises(InvalidInput, match="refusing to overwrite"):
-        run_single_pair(LR, GUIDE, LR, 4, "bicubic")
+        run_single_pair(lr, guide, lr, 4, "bicubic")
     with pytest.raises(InvalidInput, match="unsupported output format"):
-        run_single_pair(LR, GUIDE, tmp_path / "o.bmp", 4, "bicubic")
+        run_single_pair(lr, guide, tmp_path / "o.bmp", 4, "bicubic")
 
 
-def test_png_keeps_the_target_dtype_and_tiff_is_float32(tmp_path: Path) -> None:
+def test_png_keeps_the_target_dtype_and_tiff_is_float32(lr: Path, guide: Path, tmp_path: Path) -> None:
     lines: list[str] = []
-    out = run_single_pair(LR, GUIDE, tmp_path / "o.png", 4, "bp", echo=lines.append)
+    out = run_single_pair(lr, guide, tmp_path / "o.png", 4, "bp", echo=lines.append)
     png = image_io.read_image(out.out_path)
     assert png.dtype == np.uint8 and png.shape == (240, 320)
     np.testing.assert_array_equal(png, np.clip(np.round(out.result.image), 0, 255).astype(np.uint8))
-    tif = image_io.read_image(run_single_pair(LR, GUIDE, tmp_path / "o.tif", 4, "bp").out_path)
+    tif = image_io.read_image(run_single_pair(lr, guide, tmp_path / "o.tif", 4, "bp").out_path)
     assert tif.dtype == np.float32
     np.testing.assert_array_equal(tif, out.result.image)
     assert any("wrote" in line for line in lines)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
 
 
-def test_flir_gives_thermal_celsius_and_rgb(tmp_path: Path) -> None:
-    thermal = image_io.read_target(FLIR)
-    photo = image_io.read_guide(FLIR)
+def test_flir_gives_thermal_celsius_and_rgb(flir: Path, tmp_path: Path) -> None:
+    thermal = image_io.read_target(flir)
+    photo = image_io.read_guide(flir)
     assert thermal.dtype == np.float32 and thermal.shape == (320, 240)
     assert 0.0 < float(thermal.min()) < float(thermal.max()) < 100.0  # degrees C, a real scene
     assert photo.dtype == np.uint8 and photo.shape == (640, 480, 3)
     with pytest.raises(InvalidInput, match="PNG cannot hold"):
-        run_single_pair(FLIR, FLIR, tmp_path / "o.png", 2, "bicubic")
-    out = run_single_pair(FLIR, FLIR, tmp_path / "o.tif", 2, "bicubic")
+        run_single_pair(flir, flir, tmp_path / "o.png", 2, "bicubic")
+    out = run_single_pair(flir, flir, tmp_path / "o.tif", 2, "bicubic")
     assert abs(float(np.mean(image_io.read_image(out.out_path))) - float(thermal.mean())) < 0.1
 
 
@@ -87,17 +99,19 @@ def test_warp_drawing_is_an_image_of_the_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cmsr_with_save_warp_draws_the_learned_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cmsr_with_save_warp_draws_the_learned_field(
+    lr: Path, guide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cmsr.config import CMSRConfig
 
     tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False, gradual=False, use_warp=True)
     monkeypatch.setattr(CMSRConfig, "preset", classmethod(lambda cls, name: tiny))
     lines: list[str] = []
-    out = run_single_pair(LR, GUIDE, tmp_path / "sr.png", 4, "cmsr", preset="fast",
+    out = run_single_pair(lr, guide, tmp_path / "sr.png", 4, "cmsr", preset="fast",
                           save_warp=tmp_path / "warp.png", echo=lines.append)
     assert image_io.read_image(out.out_path).shape == (240, 320)
     assert out.warp_path is not None and image_io.read_image(out.warp_path).shape == (240, 644, 3)
     assert any("mean displacement" in line for line in lines)
-    nowarp = run_single_pair(LR, GUIDE, tmp_path / "sr2.png", 4, "cmsr", preset="fast", no_warp=True,
+    nowarp = run_single_pair(lr, guide, tmp_path / "sr2.png", 4, "cmsr", preset="fast", no_warp=True,
                              save_warp=tmp_path / "warp2.png", echo=lines.append)
     assert nowarp.warp_path is None and not (tmp_path / "warp2.png").exists()
