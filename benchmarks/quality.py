@@ -72,7 +72,7 @@ class MethodSpec:
     def config(self, iters: int | None):  # -> CMSRConfig
         cfg = cmsr.CMSRConfig.preset(self.preset or cmsr.DEFAULT_PRESET)
         if self.no_warp:
-            cfg = cfg.replace(use_warp=False)
+            cfg = cfg.without_warp()
         if iters is not None:
             cfg = cfg.replace(max_iters=iters, min_iters=min(cfg.min_iters, max(1, iters // 2)))
         return cfg

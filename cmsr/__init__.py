@@ -2,23 +2,16 @@
 
 Public surface: :func:`run` / :func:`superresolve` (numpy in, numpy out, target units),
 :func:`imresize` (MATLAB-compatible), :data:`METHODS`, :class:`SRResult`, :class:`InvalidInput`,
-and (lazily, so importing the package stays light) :class:`CMSRConfig` / ``DEFAULT_PRESET``.
+for many tiles at once :func:`run_many` (one batched training) with :func:`choose_batch_size`, and
+:class:`CMSRConfig` (presets ``paper`` / ``fast`` / ``best``) / ``DEFAULT_PRESET``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from cmsr.api import METHODS, SRResult, choose_batch_size, run, run_many, superresolve
+from cmsr.api import METHODS, SRResult, run, run_many, superresolve
+from cmsr.memory import choose_batch_size
+from cmsr.config import DEFAULT_PRESET, CMSRConfig
 from cmsr.errors import InvalidInput
 from cmsr.resize import imresize
 
 __all__ = ["METHODS", "SRResult", "run", "run_many", "choose_batch_size", "superresolve", "imresize", "InvalidInput", "CMSRConfig", "DEFAULT_PRESET"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("CMSRConfig", "DEFAULT_PRESET"):
-        from cmsr import config
-
-        return getattr(config, name)
-    raise AttributeError(f"module 'cmsr' has no attribute {name!r}")

@@ -1,240 +1,46 @@
-"""The public entry point of the core: numpy in, numpy out, in the target's own units.
+"""The public entry points of the core: numpy in, numpy out, in the target's own units.
 
-``run`` owns everything between a user's arrays and the normalised tensors the methods work on:
-robust normalisation (and its exact inverse), nodata filling and masking, guide band/alpha/range
-handling, guide size checks, and dispatch to a baseline or to internal training
-(``cmsr.train.super_resolve_normalized``, imported lazily so the baselines never pay for it).
+One path for one tile or many: normalise (``cmsr.inputs``) -> a baseline, or the internal training
+of all tiles as one batched computation (``cmsr.train``) -> restore units and nodata.
+``run`` is ``run_many`` with one tile.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
-import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from cmsr.baselines import DEFAULT_BP_ROUNDS, GuidedFilterParams, back_projection, bicubic, guided_filter_upsample
+from cmsr.baselines import DEFAULT_BP_ROUNDS, back_projection, bicubic, guided_filter_upsample
+from cmsr.config import GuidedFilterParams
 from cmsr.errors import InvalidInput
-from cmsr.resize import imresize_torch
+from cmsr.inputs import MAX_SCALE, MIN_SCALE, check_guide_size, check_scale, prepare_tiles, restore  # noqa: F401 (public)
+from cmsr.runtime import AmpChoice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cmsr.config import CMSRConfig
 
 METHODS: tuple[str, ...] = ("cmsr", "zssr", "bicubic", "bp", "guided")
-MIN_SCALE, MAX_SCALE = 2, 8
-ROBUST_PERCENTILES = (0.5, 99.5)
-"""Percentiles of the valid pixels mapped to 0 and 1: robust to a few hot/dead pixels."""
-ASPECT_TOLERANCE = 0.05
-"""A guide whose aspect ratio differs from the target's by more than this is refused."""
+LEARNED: tuple[str, ...] = ("cmsr", "zssr")
 
 ProgressFn = Callable[[int, float, float], None]
+"""``cmsr.run``'s progress: (iteration, reconstruction error, learning rate) at every check."""
 
 
 @dataclass(frozen=True)
 class SRResult:
-    """Output of :func:`run`."""
+    """One tile's output."""
 
     image: np.ndarray
     """(H, W) float32 in the target's units; NaN where the target was nodata."""
     stats: dict[str, Any] = field(default_factory=dict)
     """Small JSON-able summary (method, scale, seconds, normalisation, training stats...)."""
     displacement: np.ndarray | None = None
-    """(H, W, 2) learned guide displacement (dy, dx) in HR pixels; None without a learned warp."""
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checks
-
-
-def check_scale(scale: object) -> int:
-    """The integer scale in 2..8, or InvalidInput."""
-    if isinstance(scale, bool):
-        raise InvalidInput(f"scale must be an integer in {MIN_SCALE}..{MAX_SCALE}, got {scale!r}")
-    if isinstance(scale, numbers.Integral):
-        s = int(scale)
-    elif isinstance(scale, numbers.Real) and float(scale).is_integer():
-        s = int(scale)
-    else:
-        raise InvalidInput(f"scale must be an integer in {MIN_SCALE}..{MAX_SCALE}, got {scale!r}")
-    if not MIN_SCALE <= s <= MAX_SCALE:
-        raise InvalidInput(f"scale must be an integer in {MIN_SCALE}..{MAX_SCALE}, got {s}")
-    return s
-
-
-def check_guide_size(guide_hw: tuple[int, int], target_hw: tuple[int, int], scale: int) -> bool:
-    """True if the guide must be resampled to ``scale`` x target; InvalidInput if aspects differ.
-
-    Sizes in messages are rows x columns.
-    """
-    gh, gw = (int(v) for v in guide_hw)
-    h, w = (int(v) for v in target_hw)
-    if min(gh, gw) < 1:
-        raise InvalidInput(f"guide size {gh}x{gw} is empty")
-    want = (scale * h, scale * w)
-    if (gh, gw) == want:
-        return False
-    ratio = (gw / gh) / (w / h)
-    if abs(ratio - 1.0) > ASPECT_TOLERANCE:
-        raise InvalidInput(
-            f"guide size {gh}x{gw} and target size {h}x{w} (rows x cols) differ in aspect ratio by "
-            f"{abs(ratio - 1.0):.1%} (> {ASPECT_TOLERANCE:.0%}); they cannot show the same scene"
-        )
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
-# normalisation and nodata
-
-
-def robust_range(values: np.ndarray) -> tuple[float, float]:
-    """(lo, hi) = 0.5/99.5 percentiles of finite values, widened if degenerate."""
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        raise InvalidInput("the image has no valid (finite) pixel")
-    lo, hi = (float(x) for x in np.percentile(v.astype(np.float64), ROBUST_PERCENTILES))
-    if not hi > lo:
-        lo, hi = float(v.min()), float(v.max())
-    if not hi > lo:
-        hi = lo + 1.0
-    return lo, hi
-
-
-def fill_nodata(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Fill invalid pixels of an (h, w) tensor by push-pull (a pyramid of normalised averages).
-
-    Valid pixels are returned unchanged; each hole gets the weighted mean of the nearest valid
-    data at the coarsest pyramid level where that data exists. Why: resizing and convolutions
-    must not see NaN, and a smooth fill keeps ringing at nodata borders small (the filled pixels
-    are masked out of every loss and of the output anyway).
-    """
-    if bool(valid.all()):
-        return x
-    if not bool(valid.any()):
-        raise InvalidInput("the target has no valid pixel (all nodata)")
-    w = valid.to(x.dtype)[None, None]
-    v = torch.where(valid, x, torch.zeros_like(x))[None, None]
-    pyramid = [(v, w)]
-    while bool((pyramid[-1][1] == 0).any()):
-        v, w = pyramid[-1]
-        pyramid.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
-    v, w = pyramid[-1]
-    est = v / w
-    for v, w in reversed(pyramid[:-1]):
-        up = est.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., : v.shape[-2], : v.shape[-1]]
-        est = torch.where(w > 0, v / w.clamp_min(1e-30), up)
-    return torch.where(valid, x, est[0, 0])
-
-
-@dataclass(frozen=True)
-class PreparedTarget:
-    """A target ready for the methods: normalised, filled, with the inverse mapping."""
-
-    lr: torch.Tensor  # (h, w) float32, NaN-free
-    valid: torch.Tensor  # (h, w) bool
-    lo: float
-    hi: float
-
-    def restore(self, y: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Normalised -> target units, float32 (computed in float64)."""
-        arr = y.detach().cpu().double().numpy() if isinstance(y, torch.Tensor) else np.asarray(y, np.float64)
-        return (arr * (self.hi - self.lo) + self.lo).astype(np.float32)
-
-
-def prepare_target(target: np.ndarray, target_range: tuple[float, float] | None) -> PreparedTarget:
-    """Normalise an (h, w) target of any real dtype; NaN/inf are nodata."""
-    arr = np.asarray(target)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise InvalidInput(f"target must be a single-band (h, w) image, got shape {arr.shape}")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise InvalidInput(f"target must have a real numeric dtype, got {arr.dtype}")
-    if min(arr.shape) < 2:
-        raise InvalidInput(f"target is too small: {arr.shape[0]}x{arr.shape[1]}")
-    data = arr.astype(np.float64)
-    valid_np = np.isfinite(data)
-    if not valid_np.any():
-        raise InvalidInput("the target has no valid pixel (all nodata)")
-    if target_range is not None:
-        lo, hi = float(target_range[0]), float(target_range[1])
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise InvalidInput(f"target_range must be finite (lo, hi) with hi > lo, got {target_range!r}")
-    else:
-        lo, hi = robust_range(data[valid_np])
-    norm = torch.from_numpy((np.where(valid_np, data, 0.0) - lo) / (hi - lo))
-    valid = torch.from_numpy(valid_np)
-    filled = fill_nodata(norm, valid)
-    return PreparedTarget(lr=filled.float(), valid=valid, lo=lo, hi=hi)
-
-
-def _looks_like_alpha(band: np.ndarray) -> bool:
-    """An integer band that is (almost) only 0 or full scale: a transparency mask, not data."""
-    top = np.iinfo(band.dtype).max
-    extreme = (band == 0) | (band == top)
-    return bool((band == top).any()) and float(extreme.mean()) >= 0.99
-
-
-def prepare_guide(
-    guide: np.ndarray,
-    target_hw: tuple[int, int],
-    scale: int,
-    guide_range: np.ndarray | None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(C, H, W) float32 guide in [0, 1] on the exact ``scale`` x target grid, plus notes."""
-    arr = np.asarray(guide)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] < 1:
-        raise InvalidInput(f"guide must be (H, W) or (H, W, C), got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)) or arr.dtype == bool:
-        raise InvalidInput(f"guide must have a real numeric dtype, got {arr.dtype}")
-    notes: dict[str, Any] = {}
-    if arr.shape[-1] == 4 and arr.dtype in (np.uint8, np.uint16) and _looks_like_alpha(arr[..., 3]):
-        arr = arr[..., :3]
-        notes["guide_alpha_dropped"] = True
-    resample = check_guide_size(arr.shape[:2], target_hw, scale)
-    data = arr.astype(np.float64)
-    c = data.shape[-1]
-    if guide_range is not None:
-        rng = np.asarray(guide_range, dtype=np.float64).reshape(-1, 2)
-        if rng.shape[0] == 1 and c > 1:
-            rng = np.repeat(rng, c, axis=0)
-        if rng.shape[0] == c + 1 and notes.get("guide_alpha_dropped"):
-            rng = rng[:c]
-        if rng.shape[0] != c or not np.all(rng[:, 1] > rng[:, 0]):
-            raise InvalidInput(f"guide_range must be ({c}, 2) with hi > lo per band, got {np.asarray(guide_range).shape}")
-    elif arr.dtype == np.uint8:
-        rng = np.tile([0.0, 255.0], (c, 1))
-    else:
-        rng = np.array([robust_range(data[..., k]) for k in range(c)])
-    norm = (data - rng[:, 0]) / (rng[:, 1] - rng[:, 0])
-    t = torch.from_numpy(np.clip(norm, 0.0, 1.0)).permute(2, 0, 1).contiguous()
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        t = torch.stack([fill_nodata(t[k], finite[k]) if bool(finite[k].any()) else torch.full_like(t[k], 0.5)
-                         for k in range(c)])
-    if resample:
-        want = (scale * target_hw[0], scale * target_hw[1])
-        warnings.warn(
-            f"guide size {arr.shape[0]}x{arr.shape[1]} is not {scale} x target {target_hw[0]}x{target_hw[1]}; "
-            f"resampling the guide to {want[0]}x{want[1]}",
-            stacklevel=3,
-        )
-        t = imresize_torch(t, output_shape=want).clamp(0.0, 1.0)
-        notes["guide_resampled_from"] = [int(arr.shape[0]), int(arr.shape[1])]
-    notes["guide_bands"] = int(c)
-    return t.float(), notes
-
-
-# ---------------------------------------------------------------------------------------------
-# the entry points
+    """(H, W, 2) guide displacement (dy, dx) in HR pixels; None when the guide was used as given."""
 
 
 def _default_config() -> "CMSRConfig":
@@ -253,116 +59,85 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def run(
-    target: np.ndarray,
-    guide: np.ndarray | None,
-    scale: int,
-    config: "CMSRConfig | None" = None,
-    *,
-    method: str = "cmsr",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    target_range: tuple[float, float] | None = None,
-    guide_range: np.ndarray | None = None,
-    progress: ProgressFn | None = None,
-) -> SRResult:
+def run(target: np.ndarray, guide: np.ndarray | None, scale: int, config: "CMSRConfig | None" = None, *,
+        method: str = "cmsr", seed: int = 0, device: str | torch.device = "cpu",
+        target_range: tuple[float, float] | None = None, guide_range: np.ndarray | None = None,
+        init_state: dict[str, torch.Tensor] | None = None, progress: ProgressFn | None = None,
+        amp: AmpChoice = "off") -> SRResult:
     """Super-resolve ``target`` (h, w) by ``scale`` guided by ``guide`` (scale*h, scale*w[, C]).
 
     ``method``: one of :data:`METHODS`. ``config`` None -> the default preset. ``guide`` may be
-    None for ``bicubic``, ``bp`` and ``zssr``. Output float32 in target units, NaN at nodata
-    (the target's nodata mask expanded to HR by nearest neighbour).
+    None for ``bicubic``, ``bp`` and ``zssr``. Output float32 in target units, NaN at nodata.
+    """
+    tile_progress = None if progress is None else (lambda _tile, it, err, lr: progress(it, err, lr))
+    return run_many([target], [guide], scale, config, method=method, seeds=[seed], device=device,
+                    target_range=target_range, guide_range=guide_range, init_state=init_state,
+                    progress=tile_progress, amp=amp)[0]
+
+
+def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None], scale: int,
+             config: "CMSRConfig | None" = None, *, method: str = "cmsr", seeds: Sequence[int],
+             device: str | torch.device = "cpu", target_range: tuple[float, float] | None = None,
+             guide_range: np.ndarray | None = None, init_state: dict[str, torch.Tensor] | None = None,
+             progress: Callable[[int, int, float, float], None] | None = None, amp: AmpChoice = "off",
+             max_batch: int | None = None) -> list[SRResult]:
+    """:func:`run` for many tiles of one survey: one :class:`SRResult` per tile.
+
+    The learned methods train all tiles as one batched computation (``max_batch`` at a time;
+    default all), each with its own seed, and a tile's result does not depend on its neighbours.
+    ``target_range`` / ``guide_range``: survey-level normalisation (per tile when None).
+    ``init_state``: survey warm-start weights (``cmsr.warm_start``), with ``config`` then the
+    fine-tune config. ``progress(tile, iteration, error, lr)`` at every reconstruction check.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
+    if len(seeds) != len(targets):
+        raise ValueError(f"run_many needs one seed per target ({len(targets)}), got {len(seeds)}")
     s = check_scale(scale)
     dev = _device(device)
     cfg = config if config is not None else _default_config()
-    degradation = getattr(cfg, "degradation", "bicubic")
-    prepared = prepare_target(target, target_range)
-    h, w = prepared.lr.shape
-    needs_guide = method in ("cmsr", "guided") and getattr(cfg, "use_guide", True)
-    stats: dict[str, Any] = {"method": method, "scale": s, "target_range": [prepared.lo, prepared.hi],
-                             "nodata_fraction": float(1.0 - prepared.valid.float().mean())}
-    guide_t = None
-    if guide is not None and method in ("cmsr", "guided"):
-        guide_t, notes = prepare_guide(guide, (h, w), s, guide_range)
-        stats.update(notes)
-    elif needs_guide:
+    if method == "zssr" and cfg.guide is not None:
+        cfg = cfg.without_guide()
+    needs_guide = method == "guided" or (method == "cmsr" and cfg.guide is not None)
+    if needs_guide and any(g is None for g in guides):
         raise InvalidInput(f"method {method!r} needs a guide image")
+    tiles = prepare_tiles(targets, guides, s, needs_guide=needs_guide, target_range=target_range,
+                          guide_range=guide_range)
+    results = []
+    if method in LEARNED:
+        from cmsr.train import train  # lazy: the baselines never pay for the trainer's imports
 
-    lr = prepared.lr.to(dev)
-    displacement = None
-    if method == "bicubic":
-        out = bicubic(lr, s)
-    elif method == "bp":
-        out = back_projection(bicubic(lr, s), lr, s, DEFAULT_BP_ROUNDS, degradation)
-        stats["bp_rounds"] = DEFAULT_BP_ROUNDS
-    elif method == "guided":
-        params = GuidedFilterParams()
-        out = guided_filter_upsample(lr, guide_t.to(dev), s, params, degradation)  # type: ignore[union-attr]
-        stats["guided_filter"] = {"radius": params.radius, "eps": params.eps,
-                                  "iterations": params.iterations, "bp_rounds": params.bp_rounds}
-    else:
-        from cmsr.train import super_resolve_normalized  # lazy: training code only when needed
-
-        if method == "zssr":
-            cfg = cfg.replace(use_guide=False) if hasattr(cfg, "replace") else cfg
-            guide_t = None
-        elif not getattr(cfg, "use_guide", True):
-            guide_t = None
-        trained = super_resolve_normalized(prepared.lr, guide_t, prepared.valid, s, cfg,
-                                           seed=seed, device=dev, progress=progress)
-        out = trained.image
-        displacement = trained.displacement
-        stats.update({k: v for k, v in trained.stats.items() if k != "seconds"})
-        stats["train_seconds"] = trained.stats.get("seconds")
-    image = prepared.restore(out)
-    if not bool(prepared.valid.all()):
-        valid_hr = np.repeat(np.repeat(prepared.valid.numpy(), s, axis=0), s, axis=1)
-        image[~valid_hr] = np.nan
-    stats["seconds"] = round(time.perf_counter() - t0, 3)
-    return SRResult(image=image, stats=stats, displacement=displacement)
+        trained = train([t.target.lr for t in tiles], [t.guide for t in tiles], [t.target.valid for t in tiles], s,
+                        cfg, seeds=seeds, device=dev, init_state=init_state, progress=progress, amp=amp,
+                        max_batch=max_batch)
+        per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
+        for t, tr in zip(tiles, trained):
+            stats = {"method": method, "scale": s, **t.notes, **{k: v for k, v in tr.stats.items() if k != "seconds"},
+                     "train_seconds": tr.stats.get("seconds"), "warm_start": init_state is not None,
+                     "seconds": round(per_tile, 3)}
+            results.append(SRResult(restore(t, tr.image, s), stats, tr.displacement))
+        return results
+    for t in tiles:
+        t1 = time.perf_counter()
+        lr = t.target.lr.to(dev)
+        stats: dict[str, Any] = {"method": method, "scale": s, **t.notes}
+        if method == "bicubic":
+            out = bicubic(lr, s)
+        elif method == "bp":
+            out = back_projection(bicubic(lr, s), lr, s, DEFAULT_BP_ROUNDS, cfg.degradation)
+            stats["bp_rounds"] = DEFAULT_BP_ROUNDS
+        else:
+            params = GuidedFilterParams()
+            out = guided_filter_upsample(lr, t.guide.to(dev), s, params, cfg.degradation)  # type: ignore[union-attr]
+            stats["guided_filter"] = {"radius": params.radius, "eps": params.eps,
+                                      "iterations": params.iterations, "bp_rounds": params.bp_rounds}
+        stats["seconds"] = round(time.perf_counter() - t1, 3)
+        results.append(SRResult(restore(t, out, s), stats))
+    return results
 
 
-def superresolve(
-    target: np.ndarray,
-    guide: np.ndarray | None,
-    scale: int,
-    config: "CMSRConfig | None" = None,
-    **kwargs: Any,
-) -> np.ndarray:
+def superresolve(target: np.ndarray, guide: np.ndarray | None, scale: int, config: "CMSRConfig | None" = None,
+                 **kwargs: Any) -> np.ndarray:
     """``run(...).image``: the super-resolved (H, W) float32 array in target units."""
     return run(target, guide, scale, config, **kwargs).image
-
-
-def run_many(
-    targets: "Sequence[np.ndarray]",
-    guides: "Sequence[np.ndarray | None]",
-    scale: int,
-    config: "CMSRConfig | None" = None,
-    *,
-    method: str = "cmsr",
-    seeds: "Sequence[int]",
-    device: str | torch.device = "cpu",
-    target_range: tuple[float, float] | None = None,
-    guide_range: np.ndarray | None = None,
-    init_state: "dict[str, torch.Tensor] | None" = None,
-    max_batch: int | None = None,
-) -> list[SRResult]:
-    """:func:`run` for many tiles of one survey: one :class:`SRResult` per tile (transitional)."""
-    if method != "cmsr":
-        return [run(t, g, scale, config, method=method, seed=s, device=device, target_range=target_range,
-                    guide_range=guide_range) for t, g, s in zip(targets, guides, seeds)]
-    from cmsr.batched import run_batch
-
-    return run_batch(targets, guides, scale, config, seeds=seeds, device=device, target_range=target_range,
-                     guide_range=guide_range, init_state=init_state, max_batch=max_batch)
-
-
-def choose_batch_size(hr_tile_shape: tuple[int, int], config: "CMSRConfig", device: str | torch.device = "cpu", *,
-                      guide_channels: int = 3, scale: int = 4, max_batch: int = 64) -> int:
-    """Tiles per batched training that fit half the free memory of ``device`` (transitional)."""
-    from cmsr.batched import choose_batch_size as _choose
-
-    return _choose(hr_tile_shape, config, device, guide_channels=guide_channels, scale=scale, max_batch=max_batch)

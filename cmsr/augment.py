@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CMSRConfig
+from .runtime import DevicePolicy
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,10 @@ def _integer_coords(rng: np.random.Generator, shape: tuple[int, int], side: int,
 def _affine_coords(rng: np.random.Generator, shape: tuple[int, int], side: int, zoom: float,
                    config: CMSRConfig) -> np.ndarray:
     h, w = shape
-    diff = rng.standard_normal() * config.augment_scale_diff_sigma
-    reflect = np.sign(rng.standard_normal()) if config.augment_allow_rotation else 1.0
-    theta = rng.random() * 2 * math.pi if config.augment_allow_rotation else 0.0
-    shx, shy = rng.standard_normal(2) * config.augment_shear_sigma
+    diff = rng.standard_normal() * config.sampling.scale_diff_sigma
+    reflect = np.sign(rng.standard_normal()) if config.sampling.allow_rotation else 1.0
+    theta = rng.random() * 2 * math.pi if config.sampling.allow_rotation else 0.0
+    shx, shy = rng.standard_normal(2) * config.sampling.shear_sigma
     sx = reflect * max(zoom + diff / 2, 0.1)
     sy = max(zoom - diff / 2, 0.1)
     c, s = math.cos(theta), math.sin(theta)
@@ -89,43 +90,69 @@ def sample_augmentation(rng: np.random.Generator, source_shapes: list[tuple[int,
                         source_bases: list[int], factor: int, config: CMSRConfig) -> Augmentation:
     """Draw one father. ``source_bases[i]`` is the scale of source i relative to the LR (1 = LR)."""
     u = rng.random()
-    if u < config.augment_leave_as_is_probability:
+    if u < config.sampling.leave_as_is_probability:
         mode = "as_is"
-    elif u < config.augment_leave_as_is_probability + config.augment_no_interpolate_probability:
+    elif u < config.sampling.leave_as_is_probability + config.sampling.no_interpolate_probability:
         mode = "no_interp"
     else:
         mode = "affine"
     max_scale = float(source_bases[-1])
-    scale = 1.0 if mode == "as_is" else config.augment_min_scale + rng.random() * (max_scale - config.augment_min_scale)
+    scale = 1.0 if mode == "as_is" else config.sampling.min_scale + rng.random() * (max_scale - config.sampling.min_scale)
     index = next(i for i, b in enumerate(source_bases) if b > scale - 1e-6)
     shape = source_shapes[index]
     side = crop_side(config, factor, shape)
     if mode == "affine":
         coords = _affine_coords(rng, shape, side, scale / source_bases[index], config)
     elif mode == "no_interp":
-        k = int(rng.integers(4)) if config.augment_allow_rotation else 0
-        flip = bool(rng.integers(2)) if config.augment_allow_rotation else False
+        k = int(rng.integers(4)) if config.sampling.allow_rotation else 0
+        flip = bool(rng.integers(2)) if config.sampling.allow_rotation else False
         coords = _integer_coords(rng, shape, side, k, flip)
     else:
         coords = _integer_coords(rng, shape, side, 0, False)
     return Augmentation(mode=mode, source_index=index, coords=coords)
 
 
-def extract(image: torch.Tensor, valid: torch.Tensor, aug: Augmentation) -> tuple[torch.Tensor, torch.Tensor]:
-    """The father (ch, cw) and its valid mask (bool) from a source image (H, W) and mask (H, W).
+def source_scale(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(2/w, 2/h) as a cached float32 device tensor: pixel coords -> ``grid_sample``'s normalised ones
+    (``cmsr.warp.to_normalized``) without building the constant in every training iteration."""
+    key = (height, width, str(device))
+    if key not in _SCALES:
+        _SCALES[key] = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float32).to(device)
+    return _SCALES[key]
+
+
+_SCALES: dict[tuple, torch.Tensor] = {}
+
+
+def extract(sources: torch.Tensor, coords: torch.Tensor, interpolate: list[bool],
+            policy: DevicePolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    """n fathers and their valid masks from stacked sources (n, 2, H, W) (image, valid as 0/1) at
+    source pixel coordinates (n, s, s, 2).
 
     Integer modes gather exactly; affine mode samples bilinearly, and a father pixel is valid only
     when it lies inside the source and every LR pixel it interpolates from is valid.
     """
-    h, w = image.shape
-    if not aug.interpolate:
-        xs = torch.as_tensor(aug.coords[..., 0], dtype=torch.long, device=image.device)
-        ys = torch.as_tensor(aug.coords[..., 1], dtype=torch.long, device=image.device)
-        return image[ys, xs], valid[ys, xs]
-    pts = torch.as_tensor(aug.coords, dtype=torch.float32, device=image.device)
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=image.device)
-    grid = ((pts + 0.5) * scale - 1.0).unsqueeze(0)
-    both = torch.stack([image, valid.to(image.dtype)]).unsqueeze(0)
-    out = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    inside = ((pts[..., 0] >= -0.5) & (pts[..., 0] <= w - 0.5) & (pts[..., 1] >= -0.5) & (pts[..., 1] <= h - 0.5))
-    return out[0], (out[1] > 0.999) & inside
+    n, _, h, w = sources.shape
+    side = coords.shape[1]
+    fathers = torch.empty((n, side, side), dtype=sources.dtype, device=sources.device)
+    masks = torch.empty((n, side, side), dtype=torch.bool, device=sources.device)
+    interp = [i for i, f in enumerate(interpolate) if f]
+    exact = [i for i, f in enumerate(interpolate) if not f]
+    if exact:
+        ei = policy.to_device(np.asarray(exact), torch.long)
+        c = coords.index_select(0, ei).round().long()
+        flat = (c[..., 1] * w + c[..., 0]).reshape(len(exact), 1, -1).expand(-1, 2, -1)
+        vals = torch.gather(sources.index_select(0, ei).reshape(len(exact), 2, -1), 2, flat)
+        vals = vals.reshape(len(exact), 2, side, side)
+        fathers.index_copy_(0, ei, vals[:, 0])
+        masks.index_copy_(0, ei, vals[:, 1] > 0.5)
+    if interp:
+        ii = policy.to_device(np.asarray(interp), torch.long)
+        pts = coords.index_select(0, ii)
+        grid = (pts + 0.5) * source_scale(h, w, sources.device) - 1.0
+        out = F.grid_sample(sources.index_select(0, ii), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        inside = (pts[..., 0] >= -0.5) & (pts[..., 0] <= w - 0.5) & (pts[..., 1] >= -0.5) & (pts[..., 1] <= h - 0.5)
+        fathers.index_copy_(0, ii, out[:, 0])
+        masks.index_copy_(0, ii, (out[:, 1] > 0.999) & inside)
+    return fathers, masks

@@ -8,8 +8,8 @@ API can run them through the same path as the learned methods.
   the LR under the chosen degradation model and gains ~1 dB on the dev pairs because their LR
   really is an antialiased bicubic downscale.
 * ``guided_filter_upsample``: He, Sun & Tang's colour-guided filter (ECCV 2010 / TPAMI 2013)
-  applied to the bicubic upsample, followed by back-projection. Its default radius/eps were
-  tuned on the dev pairs (see ``benchmarks/RESULTS.md``).
+  applied to the bicubic upsample, followed by back-projection; its settings are
+  :class:`cmsr.config.GuidedFilterParams`.
 """
 
 from __future__ import annotations
@@ -21,42 +21,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cmsr.config import Gate, GuidedFilterParams
 from cmsr.resize import DegradationModel, degrade_torch, imresize_torch, upsample_torch
-
-
-@dataclass(frozen=True)
-class GuidedFilterParams:
-    """Guided-filter upsampling settings (normalised [0, 1] units).
-
-    radius: window radius in HR pixels (window is 2r+1 square).
-    eps: regularisation of the local linear model; larger = smoother, less guide texture.
-    iterations: filter -> back-project cycles; each cycle transfers more guide structure.
-    bp_rounds: back-projection rounds after each filter pass (restores LR consistency).
-
-    Defaults tuned on the dev pairs (mean PSNR, uint8): EPFL NIR bicubic 26.69 -> 30.67 dB,
-    ULB17-VT thermal 34.95 -> 35.43 dB. One setting cannot serve both: r=4/eps=1e-3/4 cycles
-    reaches 31.84 dB on NIR but drops thermal to 34.48; r=2/eps=0.1/3 cycles reaches 35.98 dB on
-    thermal but only 29.16 on NIR. The guide as a filter does not help thermal much.
-    """
-
-    gate: tuple[float, float] | None = None
-    """Conservative transfer: (lo, hi) of the local-fit R^2 (:func:`local_fit_r2`) of the LR by the
-    guide resized to the LR grid, radius ``gate_radius`` LR pixels. Where the guide explains less
-    than ``lo`` of the LR's local variance the result is plain bicubic + back-projection, above
-    ``hi`` the guided filter's, linear between. None: the guided filter everywhere (He et al.)."""
-    gate_radius: int = 2
-    gate_eps: float = 1e-3
-
-    radius: int = 2
-    eps: float = 1e-2
-    iterations: int = 4
-    bp_rounds: int = 12
-
-    @classmethod
-    def smooth(cls, gate: tuple[float, float] | None = None) -> "GuidedFilterParams":
-        """Little guide transfer (radius 2, eps 0.1, 3 cycles): the best thermal setting of the tuning
-        table (benchmarks/RESULTS.md); with a registered guide it is above back-projection there."""
-        return cls(gate=gate, radius=2, eps=1e-1, iterations=3)
 
 
 DEFAULT_BP_ROUNDS = 12
@@ -230,23 +196,20 @@ def guided_filter_upsample(
         y = back_projection(y, lr, scale, params.bp_rounds, degradation)
     if params.gate is None:
         return y
-    weight = guide_confidence(lr, guide, scale, params.gate, params.gate_radius, params.gate_eps)
+    weight = guide_confidence(lr, guide, scale, params.gate)
     plain = back_projection(bicubic(lr, scale), lr, scale, params.bp_rounds, degradation)
     return back_projection(plain + weight * (y - plain), lr, scale, params.bp_rounds, degradation)
 
 
-def guide_confidence(lr: torch.Tensor, guide: torch.Tensor, scale: int, gate: tuple[float, float],
-                     radius: int = 2, eps: float = 1e-3, pool: Literal["mean", "min"] = "mean",
-                     flat_guide_var: float = 0.0) -> torch.Tensor:
+def guide_confidence(lr: torch.Tensor, guide: torch.Tensor, scale: int, gate: Gate) -> torch.Tensor:
     """(scale*h, scale*w) weight in [0, 1]: how far the guide may change the output here.
 
-    :func:`local_fit_r2` of the LR by the guide resized to the LR grid (window radius ``radius`` LR
-    pixels, ``pool`` and ``flat_guide_var`` as there), mapped linearly from ``gate = (lo, hi)`` to
-    [0, 1] and upsampled. Why: where the target is flat or its structure is not the guide's (a
-    foreign object, RGB-only texture), whatever the guide would add is not the target's.
+    :func:`local_fit_r2` of the LR by the guide resized to the LR grid (the gate's window, eps,
+    noise floor, pooling and flat-guide rule), mapped linearly from ``(gate.lo, gate.hi)`` to [0, 1]
+    and upsampled (see :class:`cmsr.config.Gate` for why).
     """
-    lo, hi = gate
     g_lr = imresize_torch(guide.detach().double(), output_shape=tuple(lr.shape[-2:]))
-    r2 = local_fit_r2(g_lr, lr.detach().double(), radius, eps, pool=pool, flat_guide_var=flat_guide_var)
-    w = ((r2 - lo) / max(hi - lo, 1e-6)).clamp(0.0, 1.0).to(lr.dtype)
+    r2 = local_fit_r2(g_lr, lr.detach().double(), gate.radius, gate.eps, noise_var=gate.noise_var, pool=gate.pool,
+                      flat_guide_var=gate.flat_guide_var)
+    w = ((r2 - gate.lo) / max(gate.hi - gate.lo, 1e-6)).clamp(0.0, 1.0).to(lr.dtype)
     return upsample_torch(w, scale).clamp(0.0, 1.0)

@@ -1,17 +1,228 @@
-"""Hyper-parameters of the CMSR core, one frozen dataclass with named presets.
+"""Hyper-parameters of the CMSR core: one frozen config of small frozen groups, with named presets.
 
-Why one object: the same numbers drive training, inference, the CLI, the benchmarks and the
-batched/tiled pipelines, and a frozen dataclass can be hashed, logged and ``replace``-d for
-ablations (``use_guide=False`` is pure ZSSR, ``use_warp=False`` is CMSR without the internal
-transformer). Defaults are the paper's / official code's settings (camillarhodes/CMSR,
-branch ``experimental``: ``THERMAL_IMAGES_CONF`` on top of ZSSR's ``Config``).
+Why groups: the parts of CMSR that can be switched on and off (the guide branch, a registration
+of the guide, the paper's learned warp, a guided base, the conservative gate) each carry their
+own numbers, and a flat list of flags let one write combinations that mean nothing (a learned
+warp without a guide, a guided base for ZSSR). Each part is ``Group | None`` here, so a preset
+reads as a sentence and ``CMSRConfig.__post_init__`` refuses the combinations that cannot run.
+Defaults are the paper's / official code's settings (camillarhodes/CMSR, branch
+``experimental``: ``THERMAL_IMAGES_CONF`` on top of ZSSR's ``Config``); ``best`` and ``fast`` are
+the measured deviations (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+Degradation = Literal["bicubic", "area"]
+
+
+# --- where the guide may act --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gate:
+    """A weight in [0, 1] from the R^2 of a local linear fit of the LR by the guide (resized to
+    the LR grid): 0 where the guide explains less than ``lo`` of the LR's local variance, 1 above
+    ``hi`` (``cmsr.baselines.guide_confidence``). Why: where the target is flat or its structure is
+    not the guide's (a foreign object, RGB-only texture) whatever the guide adds is not the target's.
+    """
+
+    lo: float
+    hi: float
+    radius: int = 2
+    """Fit window radius in LR pixels (5x5 windows: small enough to follow object outlines)."""
+    eps: float = 1e-3
+    """Ridge regularisation of the fit (normalised guide units^2)."""
+    noise_var: float = 1e-4
+    """Added to the LR's window variance (normalised units^2) so flat windows never count as explained."""
+    pool: Literal["mean", "min"] = "mean"
+    """How the windows covering a pixel are pooled: ``mean`` (as the guided filter averages its
+    coefficients) or ``min`` (trust a pixel only if every window over it is explained, so a foreign
+    object's outline does not pass through windows that straddle it)."""
+    flat_guide_var: float = 0.0
+    """Windows whose guide variance (summed over bands) is below this count as explained in
+    proportion: a flat guide transfers nothing, so it is no evidence against the guide (0: off)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lo < self.hi:
+            raise ValueError(f"gate needs 0 <= lo < hi, got ({self.lo}, {self.hi})")
+        if self.pool not in ("mean", "min"):
+            raise ValueError(f"gate pool must be 'mean' or 'min', got {self.pool!r}")
+
+
+@dataclass(frozen=True)
+class GuidedFilterParams:
+    """Colour-guided filter upsampling (He et al.) in normalised [0, 1] units.
+
+    The defaults are the dev-pair tuning's compromise (benchmarks/RESULTS.md): much guide transfer,
+    what NIR wants; :meth:`smooth` is the little-transfer setting registered thermal pairs prefer.
+    """
+
+    radius: int = 2
+    """Window radius in HR pixels (window 2r+1 square)."""
+    eps: float = 1e-2
+    """Regularisation of the local linear model; larger = smoother, less guide texture."""
+    iterations: int = 4
+    """Filter -> back-project cycles; each cycle transfers more guide structure."""
+    bp_rounds: int = 12
+    """Back-projection rounds after each filter pass (restores LR consistency)."""
+    gate: Gate | None = None
+    """Where the guide explains little of the LR, fall back to bicubic + back-projection
+    (conservative transfer). None: the guided filter everywhere."""
+
+    @classmethod
+    def smooth(cls, gate: Gate | None = None) -> "GuidedFilterParams":
+        """Little guide transfer (radius 2, eps 0.1, 3 cycles)."""
+        return cls(radius=2, eps=1e-1, iterations=3, gate=gate)
+
+
+# --- the non-learned base the residuals are added to --------------------------------------------
+@dataclass(frozen=True)
+class Bicubic:
+    """``up(T)``: the paper's base."""
+
+    name: str = "bicubic"
+    needs_guide = False
+
+
+@dataclass(frozen=True)
+class BackProjected:
+    """``up(T)`` back-projected ``rounds`` times against T (Irani & Peleg)."""
+
+    rounds: int = 12
+    name: str = "bp"
+    needs_guide = False
+
+
+@dataclass(frozen=True)
+class GuidedBase:
+    """Colour-guided filter + back-projection of ``up(T)``, guided by the (deformed) guide."""
+
+    filter: GuidedFilterParams = GuidedFilterParams()
+    name: str = "guided"
+    needs_guide = True
+
+
+FixedBase = Union[Bicubic, BackProjected, GuidedBase]
+
+
+@dataclass(frozen=True)
+class AutoBase:
+    """Pick, per image and before training, the candidate that best reconstructs the LR from its
+    own /``factor`` copy (internal model selection, no ground truth). The first candidate is the
+    fallback when the check cannot run (no guide, an LR not divisible by ``factor``)."""
+
+    candidates: tuple[FixedBase, ...] = (BackProjected(), GuidedBase(), GuidedBase(GuidedFilterParams.smooth(),
+                                                                                     "guided_smooth"))
+    factor: int = 2
+    """At /4 an 80x60 LR leaves 20x15 pixels, too few for a stable choice (it picked the guided
+    filter for 9 of 16 thermal pairs, where it loses 0.5 dB to back-projection; at /2 for 3)."""
+    needs_guide = True
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.candidates]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"auto base candidates need distinct names, got {names}")
+        if self.factor < 2:
+            raise ValueError("auto base factor must be >= 2")
+
+
+Base = Union[Bicubic, BackProjected, GuidedBase, AutoBase]
+
+
+# --- the guide branch and its geometry ----------------------------------------------------------
+@dataclass(frozen=True)
+class GuideBranch:
+    """F_g: (depth - 1) 3x3 convs then one 1x1 conv to one channel, on the (deformed) guide."""
+
+    depth: int = 4
+    width: int = 16
+    lr_ratio: float = 1.0
+    """Learning-rate multiplier of F_g."""
+    train_sampling: Literal["point", "area"] = "point"
+    """How the deformed guide is sampled at a father's resolution. ``point``: bilinear point
+    samples of the full-resolution guide (the official code's ``tf.contrib.image.transform``,
+    aliased at x4); ``area``: of the guide first resized (antialiased) to the father source's
+    resolution, so it looks at training time as it does at test time."""
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError("guide branch depth must be at least 2")
+        if self.train_sampling not in ("point", "area"):
+            raise ValueError(f"train_sampling must be 'point' or 'area', got {self.train_sampling!r}")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Register the guide's global affine to the LR before training (a deviation from the paper).
+
+    Why: the paper's only signal for its warp is the full-output loss, which does not recover a
+    few-pixel misalignment and drifts on registered pairs (benchmarks/RESULTS.md, stress tests).
+    The criterion is the residual of a local linear (guided-filter) fit of the LR by the warped
+    guide: small exactly where the guide's edges sit on the target's (``cmsr.registration``).
+    """
+
+    search_px: int = 4
+    """First try every whole-LR-pixel shift within +- this many pixels and start from the best (a
+    descent alone stalls on the weak cross-modal signal a few pixels away). 0: no search."""
+    descent_iters: int = 100
+    """Adam steps of the affine per pyramid level (/4, /2, /1 of the LR grid)."""
+    learning_rate: float = 2e-3
+    """Adam learning rate of the descent (normalised coordinates)."""
+    radius: int = 2
+    """Fit window radius of the criterion (LR pixels at each level)."""
+    eps: float = 1e-3
+    """Ridge regularisation of the criterion's fit."""
+    min_px: float = 0.5
+    """Keep the guide as given when the registration moves it by less than this many HR pixels on
+    average: a sub-pixel correction bought nothing measurable and bilinear resampling softens it."""
+
+    def __post_init__(self) -> None:
+        if self.descent_iters < 1 or self.search_px < 0:
+            raise ValueError("registration needs descent_iters >= 1 and search_px >= 0")
+
+
+@dataclass(frozen=True)
+class LearnedWarp:
+    """The paper's internal transformer, learned with the networks by the full-output loss:
+    global affine -> mid-scale smooth diffeomorphism -> thin-plate spline (``cmsr.warp``)."""
+
+    svf_grid: int = 5
+    """Control nodes per side of the stationary velocity field (the vertices of the paper's 4x4
+    CPAB tessellation)."""
+    svf_integration_grid: int = 33
+    """Side of the dense grid on which the velocity is integrated by scaling-and-squaring."""
+    svf_squarings: int = 6
+    """Scaling-and-squaring steps."""
+    tps_grid: int = 8
+    """Thin-plate-spline control points per side."""
+    lr_ratio_affine: float = 1.0
+    lr_ratio_svf: float = 1.0
+    lr_ratio_tps: float = 0.2
+    """Learning-rate multipliers per level (the fine TPS kept tame: there is no deformation loss)."""
+    warmup_iters: int = 0
+    """Iterations at the start of training with the warp frozen (0 = paper): while F_g is still
+    random its gradient on the warp is noise, and Adam turns noise into a drift."""
+
+
+# --- father/son sampling ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FatherSampling:
+    """ZSSR's ``random_augment`` probabilities and ranges (``cmsr.augment``)."""
+
+    leave_as_is_probability: float = 0.05
+    """Probability of a plain integer crop."""
+    no_interpolate_probability: float = 0.45
+    """Probability of a 90-degree rotation / flip with an integer crop (no interpolation)."""
+    min_scale: float = 0.5
+    """Smallest zoom of an interpolated (affine) father."""
+    scale_diff_sigma: float = 0.25
+    """Std of the x/y anisotropy of an affine father."""
+    shear_sigma: float = 0.1
+    """Std of the shear of an affine father."""
+    allow_rotation: bool = True
+    """Allow arbitrary rotations and reflections."""
 
 
 @dataclass(frozen=True)
@@ -19,7 +230,7 @@ class CMSRConfig:
     """Every knob of internal training and inference. Field docs say what and why."""
 
     # --- degradation / scale schedule -------------------------------------------------------
-    degradation: Literal["bicubic", "area"] = "bicubic"
+    degradation: Degradation = "bicubic"
     """How an LR pixel is made from HR: MATLAB antialiased bicubic (the paper's benchmark protocol)
     or the mean over each s x s block (what a thermal pixel measures). Used for the son, for
     back-projection and for the reconstruction check."""
@@ -27,119 +238,38 @@ class CMSRConfig:
     """Train coarse-to-fine: for x4 a x2 stage then a x4 stage (official thermal config), the
     network and the warp carried over and each stage's output added to the father sources."""
     scale_schedule: tuple[int, ...] | None = None
-    """Explicit stage factors (relative to the LR, increasing, last == scale). None: automatic,
-    see :func:`stage_factors` (powers of two below ``scale``, then ``scale``)."""
+    """Explicit stage factors (increasing, last == scale). None: see :meth:`stage_factors`."""
 
-    # --- network ----------------------------------------------------------------------------
+    # --- networks ---------------------------------------------------------------------------
     sr_depth: int = 8
     """Conv layers of F_sr (ZSSR's net): 3x3, ReLU between, no biases."""
     sr_width: int = 64
     """Channels of F_sr's hidden layers."""
-    guide_depth: int = 4
-    """Layers of the guide branch F_g: (depth-1) 3x3 convs then one 1x1 conv to one channel."""
-    guide_width: int = 16
-    """Channels of F_g's hidden layers."""
     init_variance: float = 0.1
-    """Weights ~ N(0, init_variance / fan_in) (ZSSR ``init_variance``), small because the net
-    learns a residual over the bicubic upsampling."""
+    """Weights ~ N(0, init_variance / fan_in) (ZSSR), small: the nets learn residuals."""
+    guide: GuideBranch | None = GuideBranch()
+    """The guide branch; None is pure ZSSR (no guide, so no registration, warp or guided base)."""
 
-    base: Literal["bicubic", "bp", "guided", "guided_smooth", "auto"] = "bicubic"
-    """The non-learned image the residuals are added to (for the son at training time and for the
-    LR at test time). ``bicubic`` (paper): ``up(T)``. ``bp``: ``up(T)`` back-projected
-    ``base_bp_rounds`` times against T. ``guided``: colour-guided filter + back-projection
-    (``cmsr.baselines.guided_filter_upsample``, guide = the deformed guide on the same grid, its
-    default setting: much guide transfer). ``guided_smooth``: the same with the smoother setting
-    (``GuidedFilterParams.smooth()``: little transfer, what registered thermal pairs prefer).
-    ``auto``: whichever of ``bp`` / ``guided`` / ``guided_smooth`` best reconstructs the LR from
-    its own /2 copy, decided once before training (internal model selection, no ground truth)."""
-    base_bp_rounds: int = 12
-    """Back-projection rounds of the ``bp`` base."""
-    guide_gate: tuple[float, float] | None = None
-    """Conservative inference: (lo, hi) of the same local-fit R^2 as ``base_gate``, applied to each
-    stage's whole guide-dependent change -- the output is blended towards the same network run
-    without F_g on the ``bp`` base, fully where the guide explains less than ``lo`` of the LR's local
-    variance (a flat target under a textured guide, a foreign object), then back-projected. None
-    (paper): no gate. Costs a second self-ensemble per stage."""
-    guide_gate_pool: Literal["mean", "min"] = "mean"
-    """How ``guide_gate``'s R^2 pools the fit windows covering a pixel (``cmsr.baselines.local_fit_r2``):
-    ``mean`` as the guided filter, or ``min`` (trust a pixel only if every window over it is
-    explained: a foreign object's outline no longer passes through windows that straddle it)."""
-    guide_gate_flat_var: float = 0.0
-    """``guide_gate``'s windows whose guide variance (normalised units^2, summed over bands) is below
-    this count as explained in proportion: a flat guide transfers nothing (0: off)."""
-    base_gate: tuple[float, float] | None = None
-    """Conservative guided bases: (lo, hi) of the R^2 of a local linear fit of the LR by the guide
-    at the LR's scale (``GuidedFilterParams.gate``); where the guide explains less than ``lo`` of
-    the LR's local variance the guided bases fall back to ``bp``. None (paper): no gate."""
-    warp_warmup_iters: int = 0
-    """Iterations at the start of training during which the warp is frozen (0 = paper). While F_g
-    is still random its gradient on the warp is noise, and Adam turns noise into a drift."""
+    # --- what the residuals are added to, where the guide may act ---------------------------
+    base: Base = Bicubic()
+    """The non-learned image under the residuals, for the son at training time and for the LR at
+    test time."""
+    guide_gate: Gate | None = None
+    """Conservative inference: each stage's guide-dependent change is blended towards the same
+    network run without F_g on the ``BackProjected()`` base, fully where the gate is 0, then
+    back-projected. None (paper): no gate. Costs a second self-ensemble per stage."""
 
-    warp_prealign_iters: int = 0
-    """Adam steps per pyramid level (/4, /2, /1 of the LR grid) of a registration of the warp's
-    global affine before training, by the residual of a local linear (guided-filter) fit of the LR
-    by the warped guide (``cmsr.warp.prealign``). 0 = paper (no such step). A deviation: the paper's
-    only signal for the warp is the full-output loss, which does not recover a few-pixel
-    misalignment (benchmarks/RESULTS.md, stress tests)."""
-    warp_prealign_lr: float = 2e-3
-    """Adam learning rate of the pre-registration (normalised coordinates)."""
-    warp_prealign_search: int = 0
-    """Before the pre-registration's descent, try every whole-LR-pixel shift within +- this many
-    LR pixels by the same criterion and start from the best (0: no search)."""
-    warp_learn: bool = True
-    """Train the warp by the full-output loss during training (paper). False: the warp stays as the
-    pre-registration left it (a deviation: that loss drives a few-pixel misalignment the wrong way,
-    benchmarks/RESULTS.md)."""
-    warp_min_registration_px: float = 0.0
-    """After the pre-registration, drop the warp (identity) when its mean displacement is below this
-    many HR pixels: a sub-pixel correction of an already registered pair bought nothing measurable
-    and its bilinear resampling softens the guide. 0 = always keep it."""
-
-    # --- ablations --------------------------------------------------------------------------
-    use_guide: bool = True
-    """False: pure ZSSR (no guide branch, no warp)."""
-    use_warp: bool = True
-    """False: the guide is used as given (no internal transformer)."""
-
-    # --- internal transformer (warp) --------------------------------------------------------
-    svf_grid: int = 5
-    """Control nodes per side of the mid-scale stationary velocity field (a 4x4 tessellation has
-    5x5 vertices, as the paper's CPAB ``ncx = ncy = 4``)."""
-    svf_integration_grid: int = 33
-    """Side of the dense grid on which the velocity is integrated by scaling-and-squaring."""
-    svf_squarings: int = 6
-    """Scaling-and-squaring steps (the field is divided by 2**steps and composed with itself)."""
-    tps_grid: int = 8
-    """Thin-plate-spline control points per side (8x8)."""
-    lr_ratio_affine: float = 1.0
-    """Learning-rate multiplier of the global affine level."""
-    lr_ratio_svf: float = 1.0
-    """Learning-rate multiplier of the mid-scale diffeomorphic level."""
-    lr_ratio_tps: float = 0.2
-    """Learning-rate multiplier of the fine TPS level (keeps it tame: no deformation loss)."""
-    lr_ratio_guide: float = 1.0
-    """Learning-rate multiplier of the guide branch F_g."""
+    # --- the guide's geometry ---------------------------------------------------------------
+    registration: Registration | None = None
+    """Register the guide before training (None = paper: the guide as given)."""
+    warp: LearnedWarp | None = LearnedWarp()
+    """The paper's learned warp, starting from the registration (or the identity). None: the guide
+    stays as registered; its learned levels are then neither built nor evaluated."""
 
     # --- father/son sampling ----------------------------------------------------------------
     crop_size: int = 48
     """Father crop side (rounded up to a multiple of the stage factor, capped by the source)."""
-    augment_leave_as_is_probability: float = 0.05
-    """Probability of a plain integer crop."""
-    augment_no_interpolate_probability: float = 0.45
-    """Probability of a 90-degree rotation / flip with an integer crop (no interpolation)."""
-    augment_min_scale: float = 0.5
-    """Smallest zoom of an interpolated (affine) father."""
-    augment_scale_diff_sigma: float = 0.25
-    """Std of the x/y anisotropy of an affine father."""
-    augment_shear_sigma: float = 0.1
-    """Std of the shear of an affine father."""
-    augment_allow_rotation: bool = True
-    """Allow arbitrary rotations and reflections of affine fathers."""
-    guide_train_sampling: Literal["point", "area"] = "point"
-    """How the deformed guide is sampled at a father's resolution. ``point``: bilinear point
-    samples of the full-resolution guide (what the official code's ``tf.contrib.image.transform``
-    does, aliased at x4); ``area``: bilinear samples of the guide first resized (antialiased) to the
-    father source's resolution, so that it looks at training time as it does at test time."""
+    sampling: FatherSampling = FatherSampling()
 
     # --- optimisation -----------------------------------------------------------------------
     learning_rate: float = 1e-4
@@ -147,7 +277,7 @@ class CMSRConfig:
     max_iters: int = 800
     """Iteration cap per stage."""
     min_iters: int = 256
-    """No learning-rate drop within this many iterations of the previous one (ZSSR ``min_iters``)."""
+    """No learning-rate drop within this many iterations of the previous one (ZSSR)."""
     min_learning_rate: float = 9e-6
     """Stop a stage once the learning rate falls below this."""
     run_test_every: int = 20
@@ -163,21 +293,27 @@ class CMSRConfig:
     self_ensemble: bool = True
     """8-way geometric self-ensemble (4 rotations x flip), pixel-wise median."""
     back_projection_rounds: int = 6
-    """Back-projection rounds ``y += up(x - down(y))`` on every ensemble member and on the median,
-    after each stage, with the configured degradation."""
+    """Back-projection rounds on every ensemble member and on the median, after each stage."""
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         if self.degradation not in ("bicubic", "area"):
             raise ValueError(f"degradation must be 'bicubic' or 'area', got {self.degradation!r}")
-        if self.guide_train_sampling not in ("point", "area"):
-            raise ValueError(f"guide_train_sampling must be 'point' or 'area', got {self.guide_train_sampling!r}")
-        if self.sr_depth < 2 or self.guide_depth < 2:
-            raise ValueError("sr_depth and guide_depth must be at least 2")
-        if self.guide_gate_pool not in ("mean", "min"):
-            raise ValueError(f"guide_gate_pool must be 'mean' or 'min', got {self.guide_gate_pool!r}")
+        if self.sr_depth < 2:
+            raise ValueError("sr_depth must be at least 2")
         if self.max_iters < 1 or self.crop_size < 8:
             raise ValueError("max_iters must be >= 1 and crop_size >= 8")
+        if self.guide is None:
+            needs = [name for name, part in (("registration", self.registration), ("warp", self.warp),
+                                             ("guide_gate", self.guide_gate)) if part is not None]
+            if self.base.needs_guide:
+                needs.append(f"base {type(self.base).__name__}")
+            if needs:
+                raise ValueError(f"without a guide branch (guide=None) there can be no {', '.join(needs)}")
+
+    @property
+    def uses_guide(self) -> bool:
+        return self.guide is not None
 
     def stage_factors(self, scale: int) -> tuple[int, ...]:
         """The stage factors used for ``scale``.
@@ -202,6 +338,21 @@ class CMSRConfig:
         out.append(int(scale))
         return tuple(out)
 
+    # --- ablations --------------------------------------------------------------------------
+    def without_guide(self) -> "CMSRConfig":
+        """Pure ZSSR: no guide branch, and so no registration, warp, gate or guided base (an auto
+        base becomes its fallback candidate, a guided one back-projection)."""
+        base = self.base
+        if isinstance(base, AutoBase):
+            base = base.candidates[0]
+        if base.needs_guide:
+            base = BackProjected()
+        return self.replace(guide=None, registration=None, warp=None, guide_gate=None, base=base)
+
+    def without_warp(self) -> "CMSRConfig":
+        """The guide used as given: no registration, no learned warp."""
+        return self.replace(registration=None, warp=None)
+
     # --- presets ----------------------------------------------------------------------------
     @classmethod
     def paper(cls) -> "CMSRConfig":
@@ -209,37 +360,28 @@ class CMSRConfig:
         return cls()
 
     @classmethod
+    def best(cls) -> "CMSRConfig":
+        """``paper`` with the deviations that win on the dev pairs (benchmarks/RESULTS.md): the
+        guide registered once and then kept (no learned warp); the residuals learned over a base
+        chosen per image among back-projection and two guided filters that fall back to
+        back-projection where the guide explains little; and the guide allowed to change the output
+        only where every fit window over a pixel explains the LR (flat-guide windows count as
+        explained)."""
+        base_gate = Gate(0.2, 0.6)
+        return cls(
+            registration=Registration(search_px=4, descent_iters=100, min_px=0.5),
+            warp=None,
+            base=AutoBase(candidates=(BackProjected(),
+                                      GuidedBase(GuidedFilterParams(gate=base_gate)),
+                                      GuidedBase(GuidedFilterParams.smooth(base_gate), "guided_smooth"))),
+            guide_gate=Gate(0.02, 0.1, pool="min", flat_guide_var=0.01),
+        )
+
+    @classmethod
     def fast(cls) -> "CMSRConfig":
         """Interactive setting (~1/3 of ``best``'s time): ``best`` with at most 250 iterations per
         stage and the first learning-rate drop allowed after 120."""
         return cls.best().replace(max_iters=250, min_iters=120)
-
-    @classmethod
-    def best(cls) -> "CMSRConfig":
-        """``paper`` plus the measured deviations that win on the dev pairs (benchmarks/RESULTS.md):
-
-        * the guide is registered to the LR before training (``warp_prealign_iters``: the warp's
-          global affine by a local-linear-fit criterion) and the warp is then kept frozen
-          (``warp_learn=False``); a registration under 0.5 HR px is dropped. The paper's training
-          of the warp by the full-output loss drifts on registered pairs and does not recover a
-          misalignment; the registration does (stress test: +5.7 dB over no warp, 0.3 px), and
-          it finds the 2-7 px the ULB17-VT thermal pairs are themselves off by;
-        * the residuals are learned over a non-learned base chosen per image by internal
-          reconstruction at /2: bicubic + back-projection, or colour-guided filter + BP with much
-          (``guided``) or little (``guided_smooth``) transfer; the guided bases fall back to BP
-          where a local linear fit of the LR by the guide explains little (``base_gate``);
-        * conservative inference (``guide_gate``): the guide may change the output only where every
-          fit window over a pixel explains the LR (``guide_gate_pool="min"``; flat-guide windows
-          count as explained). Conservativeness stress, 18 paste draws, all within 0.5 dB of
-          bicubic (worst -0.17): a flat field under a pasted texture -5.2 -> -0.2 dB, a true edge
-          pulled to a pasted patch's outline -1.2 -> +0.1 dB;
-        * measured (CPU, 1 thread, seed 0): thermal bp + 0.69 dB over all 16 pairs, every pair
-          above bp; NIR guided filter + BP + 1.08 dB on both scenes (``paper``: thermal bp +
-          0.25-0.31, NIR GF+BP - 1.5).
-        """
-        return cls(base="auto", base_gate=(0.2, 0.6), guide_gate=(0.02, 0.1), guide_gate_pool="min",
-                   guide_gate_flat_var=0.01, use_warp=True, warp_prealign_iters=100,
-                   warp_prealign_search=4, warp_learn=False, warp_min_registration_px=0.5)
 
     @classmethod
     def preset(cls, name: str) -> "CMSRConfig":

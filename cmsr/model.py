@@ -1,10 +1,9 @@
 """The CMSR network: ``out = up(T) + F_sr(up(T)) + F_g(warp(G))``.
 
-Weights live in a plain ``dict[str, Tensor]`` (``sr.0`` ... ``sr.7``, ``g.0`` ... ``g.3``) and the
-forward passes are pure functions of that dict. Why: the same dict can be stacked along a new
-leading dim for batched training of many tiles (``torch.func.vmap`` / grouped convs), saved and
-loaded as a warm start, and handed to ``torch.func.functional_call`` without any module
-plumbing. :class:`CMSRNet` is a thin ``nn.Module`` holder of such a dict for optimisers.
+Weights live in a plain ``dict[str, Tensor]`` (``sr.0`` ... ``sr.7``, ``g.0`` ... ``g.3``); a tile's
+dict saves and loads as a warm start. The forward passes are pure functions of such dicts
+stacked along a leading tile dim (K, ...), so one code path runs one tile or K tiles: the
+trainer packs K tiles' weights (``cmsr.optim``) and inference is the same call with K = 1.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 Params = dict[str, torch.Tensor]
 
@@ -54,59 +52,43 @@ def init_params(
     return params
 
 
-def _chain(params: Params, prefix: str, x: torch.Tensor) -> torch.Tensor:
-    keys = sorted((k for k in params if k.startswith(prefix + ".")), key=lambda k: int(k.split(".")[1]))
-    for j, k in enumerate(keys):
-        w = params[k]
-        x = F.conv2d(x, w, padding=w.shape[-1] // 2)
+def _layer_keys(weights: Params, prefix: str) -> list[str]:
+    return sorted((k for k in weights if k.startswith(prefix + ".")), key=lambda k: int(k.split(".")[1]))
+
+
+def conv_chain(weights: Params, prefix: str, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """K tiles' conv stacks at once: ``x`` (K, Cin, H, W), ``weights[key]`` (K, Cout, Cin, k, k) ->
+    (K, Cout, H, W); ReLU between layers, no biases.
+
+    Each layer is one grouped convolution (``groups=K``): tile k's channels only meet tile k's
+    weights, so a tile's result does not depend on its batch neighbours, and K = 1 is a plain conv.
+    """
+    keys = _layer_keys(weights, prefix)
+    k_tiles, _, h, w = x.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = x.reshape(1, -1, h, w).contiguous(memory_format=fmt)
+    for j, key in enumerate(keys):
+        wt = weights[key]
+        wk = wt.reshape(-1, *wt.shape[2:]).contiguous(memory_format=fmt)
+        y = F.conv2d(y, wk, padding=wt.shape[-1] // 2, groups=k_tiles)
         if j < len(keys) - 1:
-            x = F.relu(x)
-    return x
+            y = F.relu(y)
+    return y.reshape(k_tiles, -1, h, w)
 
 
-def sr_residual(params: Params, up: torch.Tensor) -> torch.Tensor:
-    """F_sr(up): (N, 1, H, W) -> (N, 1, H, W)."""
-    return _chain(params, "sr", up)
+def has_guide_branch(weights: Params) -> bool:
+    return any(k.startswith("g.") for k in weights)
 
 
-def guide_residual(params: Params, guide: torch.Tensor) -> torch.Tensor:
-    """F_g(warped guide): (N, C, H, W) -> (N, 1, H, W)."""
-    return _chain(params, "g", guide)
-
-
-def has_guide_branch(params: Params) -> bool:
-    return any(k.startswith("g.") for k in params)
-
-
-def forward(params: Params, up: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
-    """Full output ``up + F_sr(up) + F_g(guide)`` (guide already warped and on up's grid)."""
-    out = up + sr_residual(params, up)
-    if guide is not None and has_guide_branch(params):
-        out = out + guide_residual(params, guide)
+def forward(weights: Params, up: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    """K tiles' full outputs ``up + F_sr(up) + F_g(guide)``: up (K, 1, H, W), guide (K, C, H, W)
+    already warped and on up's grid, weights stacked (K, ...)."""
+    out = up + conv_chain(weights, "sr", up)
+    if guide is not None and has_guide_branch(weights):
+        out = out + conv_chain(weights, "g", guide)
     return out
 
 
-class CMSRNet(nn.Module):
-    """``nn.Module`` holding a params dict (names with '.' replaced by '_' inside the module)."""
-
-    def __init__(self, params: Params) -> None:
-        super().__init__()
-        self._names = list(params)
-        self.weights = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(v.clone()) for k, v in params.items()})
-
-    def params(self) -> Params:
-        """The live parameters under their canonical names."""
-        return {k: self.weights[k.replace(".", "_")] for k in self._names}
-
-    def sr_parameters(self) -> list[nn.Parameter]:
-        return [p for k, p in self.params().items() if k.startswith("sr.")]  # type: ignore[misc]
-
-    def guide_parameters(self) -> list[nn.Parameter]:
-        return [p for k, p in self.params().items() if k.startswith("g.")]  # type: ignore[misc]
-
-    def state(self) -> Params:
-        """Detached CPU copy of the weights (a warm start for another tile)."""
-        return {k: v.detach().cpu().clone() for k, v in self.params().items()}
-
-    def forward(self, up: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:  # noqa: D401
-        return forward(self.params(), up, guide)
+def stacked(weights: Params) -> Params:
+    """One tile's weights as a batch of one (views, no copy)."""
+    return {k: v[None] for k, v in weights.items()}

@@ -129,10 +129,6 @@ class DevicePolicy:
     channels_last: bool = False
     pin_memory: bool = False
 
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """Autocast region for network evaluation; a no-op for fp32."""
@@ -141,9 +137,6 @@ class DevicePolicy:
             return
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
             yield
-
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def to_device(self, array: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Host array -> device tensor; pinned + non-blocking on CUDA."""

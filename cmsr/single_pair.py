@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from cmsr import image_io
-from cmsr.api import METHODS, SRResult, check_guide_size, check_scale, run
+from cmsr.api import METHODS, SRResult, run
+from cmsr.inputs import check_guide_size, check_scale
 from cmsr.errors import InvalidInput
 
 PROGRESS_EVERY = 50
@@ -102,7 +103,7 @@ def run_single_pair(
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     if no_warp:
-        config = config.replace(use_warp=False)
+        config = config.without_warp()
 
     def progress(it: int, loss: float, lr: float) -> None:
         if it % PROGRESS_EVERY == 0:

@@ -1,193 +1,78 @@
-"""Internal training on the single pair and self-ensembled inference (the CMSR core).
+"""The internal training of CMSR, for one tile or K tiles as one batched computation.
 
-Entry point: :func:`super_resolve_normalized` (normalised, NaN-free tensors in, normalised tensor
-out; ``cmsr.api`` does units, nodata and guide checks). Per stage factor ``f`` (x2 then x4 for
-x4 in the paper preset):
+Per stage factor ``f`` (x2 then x4 for x4 in the paper preset), every tile:
 
-1. train: each iteration draws a father crop from the father sources (the LR, plus earlier
-   stages' outputs), makes the son with the configured degradation, upsamples it back (MATLAB
-   bicubic) and predicts the father as ``up + F_sr(up) + F_g(guide(phi(A(p))))`` where ``A`` is the
-   augmentation's coordinates and ``phi`` the learned warp. ``F_sr`` learns from its own loss only
-   (``up + F_sr(up)`` vs father); ``F_g`` and the warp learn from the full-output loss, with
-   ``F_sr``'s output detached (gradient isolation, as the official separate optimisers do). L1,
-   masked by the valid mask carried through the augmentation. Adam, batch 1. ZSSR's lr policy.
-2. infer: 8-way geometric self-ensemble of ``up(LR) + F_sr + F_g(warped guide at the stage grid)``,
-   back-projection of every member, pixel-wise median, back-projection again.
+1. trains: each iteration draws a father crop from the tile's father sources (the LR, plus earlier
+   stages' outputs), makes the son with the configured degradation, takes its non-learned base
+   (``cmsr.bases``) and predicts the father as ``base + F_sr(base) + F_g(guide(phi(A(p))))``, where
+   ``A`` is the augmentation's coordinates and ``phi`` the tile's warp. ``F_sr`` learns from its own
+   loss only; ``F_g`` and a learned warp from the full-output loss with ``F_sr``'s output detached
+   (gradient isolation, as the official separate optimisers do). L1, masked by the valid mask
+   carried through the augmentation. Adam, batch 1 per tile; ZSSR's learning-rate policy on the
+   reconstruction error; a tile whose learning rate fell below the minimum stops.
+2. infers (``cmsr.infer``): self-ensembled, back-projected, optionally guide-gated.
+
+Why K tiles at once: one step is a 48x48 crop through ~13 tiny convolutions, which cannot fill a
+GPU; K tiles' steps together can. The batch is only a way of executing: each tile keeps its own
+weights, warp, father/son stream (its seed), Adam state, policy and stopping. Weights are packed
+(``cmsr.optim``), every convolution is grouped by tile (``cmsr.model.conv_chain``), a learned warp
+runs under ``torch.func.vmap``, and the loss is the sum of the tiles' losses, so every tile's
+gradient is exactly its own and its result does not depend on its batch neighbours (to float
+rounding; tests/test_train.py). K = 1 is ``cmsr.run``.
 
 Where this differs from the official TensorFlow code (all small, all deliberate): values are not
-clipped to [0, 1] (``cmsr.api`` normalises with robust statistics, so hot spots may exceed 1);
-father pixels that an affine augmentation takes outside the source are masked out of the loss
-instead of being trained on as zeros; the guide is sampled with border replication; the mid-scale
-warp is a stationary velocity field integrated by scaling-and-squaring instead of CPAB (see
-``cmsr.warp``); the deformed guide is sampled at the crop's points only. Non-power-of-two scales
-run gradually through the powers of two below them (see ``CMSRConfig.stage_factors``).
+clipped to [0, 1] (the API normalises with robust statistics, so hot spots may exceed 1); father
+pixels an affine augmentation takes outside the source are masked out of the loss instead of
+trained on as zeros; the guide is sampled with border replication; the mid-scale warp is a
+stationary velocity field instead of CPAB (``cmsr.warp``); the deformed guide is sampled at the
+crop's points only; non-power-of-two scales run through the powers of two below them.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
 
 from . import model as M
-from .augment import Augmentation, extract, sample_augmentation
-from .baselines import GuidedFilterParams, guide_confidence, guided_filter_upsample
-from .config import CMSRConfig
-from .resize import degrade_torch, imresize_torch, upsample_torch
-from .warp import GuideWarp, pixel_centers, prealign, sample, to_normalized
+from .augment import Augmentation, extract, sample_augmentation, source_scale
+from .bases import choose_base, make_base, make_bases
+from .config import CMSRConfig, FixedBase, LearnedWarp
+from .guide import TileGuide
+from .infer import infer_stage
+from .optim import LearningRatePolicy, PackedAdam
+from .registration import register
+from .resize import degrade_torch, imresize_torch
+from .runtime import AmpChoice, DevicePolicy, device_policy
+from .warp import AffineWarp, GuideWarp, displacement_px, pixel_centers
 
-_ADAM_KWARGS: dict = {"fused": True}
-"""torch's fused Adam (one kernel for every tensor; CPU since torch 2.4): the same update as the
-default per-tensor loop, ~2 ms less per training iteration on this CPU. Empty where unsupported."""
-if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4):
-    _ADAM_KWARGS = {}
-GUIDED_BASES: tuple[str, ...] = ("guided", "guided_smooth")
-ProgressFn = Callable[[int, float, float], None]
-PROGRESS_EVERY = 10
-AUTO_BASE_FACTOR = 2
-"""The ``auto`` base is chosen by reconstructing the LR from its /2 copy: at /4 an 80x60 LR leaves
-20x15 pixels, too few for a stable choice (it picked the guided filter for 9 of 16 thermal pairs,
-where the guided filter loses 0.5 dB to plain back-projection; at /2 it picks it for 3)."""
+ProgressFn = Callable[[int, int, float, float], None]
+"""Called with (tile position, iteration, reconstruction error, lr) at every reconstruction check
+and at the end of each stage."""
 
 
 @dataclass(frozen=True)
 class TrainOutput:
-    """Result of :func:`super_resolve_normalized`."""
+    """One tile's result of :func:`train`."""
 
     image: torch.Tensor
     """(H, W) float32 on CPU, in the same normalised units as the input LR."""
     stats: dict
     """Small JSON-able summary: iterations, final_loss, final_lr, seconds, mean_warp_px, stages..."""
     displacement: np.ndarray | None
-    """(H, W, 2) learned guide displacement (dy, dx) in HR pixels; None without warp."""
+    """(H, W, 2) guide displacement (dy, dx) in HR pixels; None when the guide was used as given."""
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     """Final network weights (CPU), usable as ``init_state`` of another tile."""
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - target| over ``mask`` (invalid pixels contribute nothing, not even to the count)."""
-    m = mask.to(pred.dtype)
-    return ((pred - target).abs() * m).sum() / m.sum().clamp_min(1.0)
-
-
-def compute_losses(params: M.Params, up: torch.Tensor, father: torch.Tensor, mask: torch.Tensor,
-                   guide_crop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(loss_sr, loss_full) for one father. ``up``/``father``/``mask``: (H, W); guide_crop (C, H, W).
-
-    ``loss_sr`` reaches only ``F_sr``; ``loss_full`` sees ``F_sr``'s output detached, so its gradient
-    reaches only ``F_g`` and (through ``guide_crop``) the warp.
-    """
-    u = up[None, None]
-    sr_out = u + M.sr_residual(params, u)
-    loss_sr = masked_l1(sr_out[0, 0], father, mask)
-    if guide_crop is None or not M.has_guide_branch(params):
-        return loss_sr, None
-    full = sr_out.detach() + M.guide_residual(params, guide_crop[None])
-    return loss_sr, masked_l1(full[0, 0], father, mask)
-
-
-def back_project(y: torch.Tensor, lr: torch.Tensor, factor: int, rounds: int, degradation: str) -> torch.Tensor:
-    """``rounds`` x ``y += up(lr - down(y))``: make ``y`` consistent with the LR under the model."""
-    for _ in range(rounds):
-        y = y + upsample_torch(lr - degrade_torch(y, factor, degradation), factor)  # type: ignore[arg-type]
-    return y
-
-
-def _base(small: torch.Tensor, factor: int, config: CMSRConfig, kind: str,
-          guide: torch.Tensor | None) -> torch.Tensor:
-    """The non-learned base the residuals are added to (see ``CMSRConfig.base``)."""
-    if kind in GUIDED_BASES and guide is not None:
-        params = GuidedFilterParams.smooth(config.base_gate) if kind == "guided_smooth" \
-            else GuidedFilterParams(gate=config.base_gate)
-        return guided_filter_upsample(small, guide.detach(), factor, params, degradation=config.degradation)
-    up = upsample_torch(small, factor)
-    if kind == "bicubic":
-        return up
-    return back_project(up, small, factor, config.base_bp_rounds, config.degradation)
-
-
-def _transform(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Ensemble member k of 8: rotate by k % 4 quarter turns, then flip when k >= 4."""
-    y = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(y, dims=(-1,)) if k >= 4 else y
-
-
-def _untransform(x: torch.Tensor, k: int) -> torch.Tensor:
-    y = torch.flip(x, dims=(-1,)) if k >= 4 else x
-    return torch.rot90(y, -(k % 4), dims=(-2, -1))
-
-
-def _median(stack: torch.Tensor) -> torch.Tensor:
-    """Pixel-wise median over dim 0 (mean of the two middle values for an even count, as numpy)."""
-    s, _ = torch.sort(stack, dim=0)
-    n = s.shape[0]
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-class _Guide:
-    """The guide and its per-grid resized copies, plus the warp (or identity)."""
-
-    def __init__(self, guide: torch.Tensor, lr_shape: tuple[int, int], warp: GuideWarp | None, mode: str) -> None:
-        self.full = guide
-        self.lr_shape = lr_shape
-        self.warp = warp
-        self.mode = mode
-        self._levels: dict[int, torch.Tensor] = {}
-
-    def level(self, base: int) -> torch.Tensor:
-        """The guide resized (MATLAB antialiased bicubic) onto the grid ``base`` x the LR."""
-        h, w = self.lr_shape
-        shape = (base * h, base * w)
-        if tuple(self.full.shape[-2:]) == shape:
-            return self.full
-        if base not in self._levels:
-            self._levels[base] = imresize_torch(self.full, output_shape=shape).contiguous()
-        return self._levels[base]
-
-    def warped_points(self, points: torch.Tensor) -> torch.Tensor:
-        return points if self.warp is None else self.warp(points)
-
-    def train_sample(self, points: torch.Tensor, base: int) -> torch.Tensor:
-        """Deformed guide at normalised points of a father from the source at ``base``."""
-        img = self.full if self.mode == "point" else self.level(base)
-        return sample(img, self.warped_points(points))
-
-    def stage_grid(self, base: int) -> torch.Tensor:
-        """Deformed guide on the whole grid ``base`` x the LR (inference)."""
-        h, w = self.lr_shape
-        pts = pixel_centers(base * h, base * w, self.full.device)
-        return sample(self.level(base), self.warped_points(pts))
-
-
-def choose_base_kind(lr: torch.Tensor, valid: torch.Tensor, config: CMSRConfig, gd: _Guide | None) -> str:
-    """The base of this image (``config.base``, or for ``auto`` the internal-reconstruction choice
-    at /``AUTO_BASE_FACTOR``). Called once per image before the first stage."""
-    if config.base != "auto":
-        return config.base
-    return _ReconCheck(lr, valid, AUTO_BASE_FACTOR, config, gd).choose_base()
-
-
-def make_warp(guide: torch.Tensor, lr: torch.Tensor, valid: torch.Tensor, scale: int,
-              config: CMSRConfig) -> GuideWarp:
-    """A tile's internal transformer before training: the identity, pre-registered to the LR when
-    ``config.warp_prealign_iters`` > 0, and reset to the identity when that registration moved the
-    guide by less than ``config.warp_min_registration_px`` HR pixels on average."""
-    warp = GuideWarp(config.svf_grid, config.svf_integration_grid, config.svf_squarings,
-                     config.tps_grid).to(lr.device)
-    if config.warp_prealign_iters > 0:
-        prealign(warp, guide, lr, valid, config.warp_prealign_iters, config.warp_prealign_lr,
-                 search=config.warp_prealign_search)
-        h, w = lr.shape
-        if warp.mean_displacement_px(scale * h, scale * w) < config.warp_min_registration_px:
-            warp.reset_()
-    return warp
-
-
-def _check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int) -> None:
+def check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int) -> None:
+    """Shapes and finiteness of one tile's normalised inputs (a wrong call is a bug: ValueError)."""
     if lr.ndim != 2:
         raise ValueError(f"lr must be (h, w), got shape {tuple(lr.shape)}")
     if not 2 <= int(scale) <= 8:
@@ -200,42 +85,53 @@ def _check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Ten
             raise ValueError(f"guide must be (C, {want[0]}, {want[1]}) for lr {tuple(lr.shape)} at x{scale}, "
                              f"got {tuple(guide.shape)}")
     if not torch.isfinite(lr).all():
-        raise ValueError("lr contains NaN/inf: fill nodata before calling super_resolve_normalized")
+        raise ValueError("lr contains NaN/inf: fill nodata before training")
 
 
-class _LRPolicy:
-    """ZSSR's learning-rate policy on the reconstruction error."""
+def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
+          scale: int, config: CMSRConfig, *, seeds: Sequence[int], device: str | torch.device = "cpu",
+          init_state: M.Params | Sequence[M.Params | None] | None = None, progress: ProgressFn | None = None,
+          amp: AmpChoice = "off", max_batch: int | None = None) -> list[TrainOutput]:
+    """Super-resolve K normalised tiles, training them together; one :class:`TrainOutput` per tile.
 
-    def __init__(self, config: CMSRConfig) -> None:
-        self.cfg = config
-        self.lr = config.learning_rate
-        self.steps: list[int] = []
-        self.errors: list[float] = []
-        self.last_change = 0
+    Per tile: ``lr`` (h, w) NaN-free, ``guide`` (C, s*h, s*w) or None (pure ZSSR), ``valid`` (h, w)
+    bool (excluded from every loss and check), ``seed`` (network init and father stream). Tiles of
+    equal shapes train as one batch (at most ``max_batch`` at a time; default all); different
+    shapes form separate batches. ``init_state``: one warm-start weight dict for every tile, or one
+    per tile; the warp always starts at the registration (or the identity). ``amp``: autocast
+    dtype of the networks on CUDA ('off' = fp32, the default: the same numbers as on CPU).
+    Deterministic for the same seeds and batch composition on CPU.
+    """
+    n = len(lrs)
+    if not (len(guides) == len(valids) == len(seeds) == n):
+        raise ValueError(f"train needs as many guides, valids and seeds as lrs ({n}); got "
+                         f"{len(guides)}, {len(valids)}, {len(seeds)}")
+    inits = list(init_state) if isinstance(init_state, (list, tuple)) else [init_state] * n
+    if len(inits) != n:
+        raise ValueError(f"init_state list has {len(inits)} entries for {n} tiles")
+    for lr, guide, valid in zip(lrs, guides, valids):
+        check_inputs(lr, guide, valid, int(scale))
+    if config.guide is None:
+        guides = [None] * n
+    policy = device_policy(device, amp)
+    buckets: dict[tuple, list[int]] = {}
+    for i, (lr, guide) in enumerate(zip(lrs, guides)):
+        buckets.setdefault((tuple(lr.shape), None if guide is None else tuple(guide.shape)), []).append(i)
+    results: list[TrainOutput | None] = [None] * n
+    for members in buckets.values():
+        step = max_batch or len(members)
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            outs = _train_batch([lrs[i] for i in chunk], [guides[i] for i in chunk], [valids[i] for i in chunk],
+                                int(scale), config, [int(seeds[i]) for i in chunk], [inits[i] for i in chunk],
+                                policy, chunk, progress)
+            for i, o in zip(chunk, outs):
+                results[i] = o
+    return [r for r in results if r is not None]
 
-    def record(self, it: int, err: float) -> None:
-        self.steps.append(it)
-        self.errors.append(err)
 
-    def update(self, it: int) -> bool:
-        """Maybe divide the lr by 10 after iteration ``it``; True when it changed."""
-        cfg = self.cfg
-        if (it + 1) % cfg.lr_policy_check_every or it - self.last_change <= cfg.min_iters:
-            return False
-        xs = np.asarray(self.steps[-cfg.lr_slope_points:], dtype=np.float64)
-        ys = np.asarray(self.errors[-cfg.lr_slope_points:], dtype=np.float64)
-        if len(xs) < 4:
-            return False
-        coef, cov = np.polyfit(xs, ys, 1, cov=True)
-        slope, std = float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
-        if -cfg.lr_change_ratio * slope < std:
-            self.lr /= 10.0
-            self.last_change = it
-            return True
-        return False
-
-
-def _load_init_state(params: M.Params, init_state: dict | None) -> M.Params:
+def load_init_state(params: M.Params, init_state: M.Params | None) -> M.Params:
+    """``params`` with the tensors of ``init_state`` that it names (a warm start), shapes checked."""
     if not init_state:
         return params
     out = dict(params)
@@ -248,201 +144,314 @@ def _load_init_state(params: M.Params, init_state: dict | None) -> M.Params:
     return out
 
 
-def super_resolve_normalized(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int,
-                             config: CMSRConfig, *, seed: int = 0, device: str | torch.device = "cpu",
-                             progress: ProgressFn | None = None,
-                             init_state: dict | None = None) -> TrainOutput:
-    """Super-resolve a normalised LR (h, w) by ``scale`` with an optional guide (C, s*h, s*w).
+class _Tile:
+    """Host-side state of one tile in a batch: its streams, policy, guide and father sources."""
 
-    ``valid`` (h, w) bool excludes pixels from every loss and from the reconstruction check.
-    ``init_state``: network weights to start from (a survey warm start); the warp always starts at
-    the identity. Deterministic for a seed on CPU.
-    """
+    def __init__(self, lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, seed: int,
+                 scale: int, config: CMSRConfig, policy: DevicePolicy) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.lr = policy.to_device(lr.detach())
+        self.valid = valid.detach().to(policy.device, torch.bool)
+        self.warp: nn.Module | None = None
+        self.guide: TileGuide | None = None
+        if guide is not None:
+            affine = register(guide, self.lr, self.valid, scale, config.registration) \
+                if config.registration is not None else None
+            if config.warp is not None:
+                w = config.warp
+                self.warp = GuideWarp(w.svf_grid, w.svf_integration_grid, w.svf_squarings, w.tps_grid,
+                                      affine=affine).to(policy.device)
+            elif affine is not None:
+                self.warp = AffineWarp(affine).to(policy.device)
+            assert config.guide is not None
+            self.guide = TileGuide(policy.to_device(guide.detach()).contiguous(), tuple(self.lr.shape), self.warp,
+                                   config.guide.train_sampling)
+        self.sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, self.lr, self.valid)]
+        self.iterations = 0
+        self.stage_stats: list[dict] = []
+        self.policy = LearningRatePolicy(config)
+
+
+class _BatchWarp:
+    """The warps of a batch's tiles as one vmapped computation: learned (packed with Adam) or frozen."""
+
+    def __init__(self, modules: list[nn.Module], learned: LearnedWarp | None, policy: DevicePolicy) -> None:
+        self.modules = modules
+        template = modules[0]
+        buffers = dict(template.named_buffers())
+        tensors = [dict(m.named_parameters()) for m in modules]
+        self.packed: PackedAdam | None = None
+        self.frozen: dict[str, torch.Tensor] = {}
+        if learned is not None:
+            self.packed = PackedAdam(tensors, {"affine": learned.lr_ratio_affine, "velocity": learned.lr_ratio_svf,
+                                               "tps_offsets": learned.lr_ratio_tps}, policy)
+        else:
+            self.frozen = {k: torch.stack([t[k].detach() for t in tensors]).to(policy.device) for k in tensors[0]}
+        self._one = lambda p, pts: functional_call(template, (p, buffers), (pts,))
+        self._map = vmap(self._one)
+
+    def __call__(self, index: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor:
+        """``points`` (n, N, 2) -> warped (n, N, 2), row i by the warp of tile ``index[i]``.
+
+        One tile is evaluated as the module itself (vmap's batched matmuls round differently from a
+        plain one, and one tile should be exactly what the module computes)."""
+        if self.packed is not None:
+            params = self.packed.views(self.packed.rows(index))
+        else:
+            params = {k: v if index is None else v.index_select(0, index) for k, v in self.frozen.items()}
+        if points.shape[0] == 1:
+            return self._one({k: v[0] for k, v in params.items()}, points[0])[None]
+        return self._map(params, points)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the trained parameters into the per-tile modules (what inference reads)."""
+        if self.packed is None:
+            return
+        views = self.packed.views(self.packed.data)
+        for i, m in enumerate(self.modules):
+            for name, p in m.named_parameters():
+                p.copy_(views[name][i])
+
+
+def _batch_warp(tiles: list[_Tile], config: CMSRConfig, policy: DevicePolicy) -> _BatchWarp | None:
+    """None when no tile's guide moves (then no warp is evaluated at all)."""
+    if all(t.warp is None for t in tiles):
+        return None
+    modules = [t.warp if t.warp is not None else AffineWarp().to(policy.device) for t in tiles]
+    return _BatchWarp(modules, config.warp, policy)
+
+
+@dataclass
+class _Check:
+    """The reconstruction check of a batch at one stage: the net on ``degrade(LR)`` vs the LR."""
+
+    up: torch.Tensor  # (K, 1, hc, wc) base of the degraded LR
+    target: torch.Tensor  # (K, hc, wc)
+    mask: torch.Tensor  # (K, hc, wc) bool
+    points: torch.Tensor  # (1, hc * wc, 2) normalised LR pixel centres
+
+
+def _reconstruction_check(tiles: list[_Tile], bases: list[FixedBase], factor: int, config: CMSRConfig) -> _Check:
+    ups, targets, masks = [], [], []
+    h, w = tiles[0].lr.shape
+    hc, wc = min(max(factor, (h // factor) * factor), h), min(max(factor, (w // factor) * factor), w)
+    exact = hc % factor == 0 and wc % factor == 0
+    for t, base in zip(tiles, bases):
+        target = t.lr[:hc, :wc]
+        if exact:
+            son = degrade_torch(target, factor, config.degradation)
+            guide = t.guide.at_lr_centres()[:, :hc, :wc] if t.guide is not None else None
+            up = make_base(son, factor, base, guide, config.degradation)
+        else:
+            up = imresize_torch(imresize_torch(target, 1.0 / factor), float(factor), output_shape=(hc, wc))
+        ups.append(up)
+        targets.append(target)
+        masks.append(t.valid[:hc, :wc])
+    points = pixel_centers(h, w, tiles[0].lr.device)[:hc, :wc].reshape(1, -1, 2)
+    return _Check(torch.stack(ups)[:, None], torch.stack(targets), torch.stack(masks), points)
+
+
+def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], valids: list[torch.Tensor], scale: int,
+                 config: CMSRConfig, seeds: list[int], inits: list[M.Params | None], policy: DevicePolicy,
+                 positions: list[int], progress: ProgressFn | None) -> list[TrainOutput]:
     t0 = time.perf_counter()
-    scale = int(scale)
-    _check_inputs(lr, guide, valid, scale)
-    dev = torch.device(device)
-    use_guide = bool(config.use_guide and guide is not None)
-    use_warp = use_guide and config.use_warp
-    rng = np.random.default_rng(seed)
-    lr_t = lr.detach().to(dev, torch.float32).contiguous()
-    valid_t = valid.detach().to(dev, torch.bool)
-    h, w = lr_t.shape
+    dev = policy.device
+    tiles = [_Tile(lr, g, v, s, scale, config, policy) for lr, g, v, s in zip(lrs, guides, valids, seeds)]
+    k_tiles = len(tiles)
+    use_guide = tiles[0].guide is not None
+    channels = int(guides[0].shape[0]) if use_guide else None  # type: ignore[union-attr]
+    gb = config.guide
+    states = [load_init_state(M.init_params(channels, sr_depth=config.sr_depth, sr_width=config.sr_width,
+                                            guide_depth=gb.depth if gb else 4, guide_width=gb.width if gb else 16,
+                                            init_variance=config.init_variance, seed=s), init)
+              for s, init in zip(seeds, inits)]
+    net = PackedAdam(states, {k: (1.0 if k.startswith("sr.") else gb.lr_ratio) for k in states[0]},  # type: ignore[union-attr]
+                     policy)
+    warp = _batch_warp(tiles, config, policy)
+    learned = warp is not None and warp.packed is not None
+    last_loss = torch.full((k_tiles,), float("nan"), device=dev)
+    guide_cache: dict[int, torch.Tensor] = {}
 
-    params0 = M.init_params(int(guide.shape[0]) if use_guide else None, sr_depth=config.sr_depth,  # type: ignore[union-attr]
-                            sr_width=config.sr_width, guide_depth=config.guide_depth,
-                            guide_width=config.guide_width, init_variance=config.init_variance, seed=seed)
-    net = M.CMSRNet(_load_init_state(params0, init_state)).to(dev)
-    warp = make_warp(guide, lr_t, valid_t, scale, config) if use_warp else None  # type: ignore[arg-type]
-    # a frozen identity warp reads the guide at exactly the points it is given: skip evaluating it
-    live_warp = None if warp is None or (not config.warp_learn and warp.is_identity()) else warp
-    gd = _Guide(guide.detach().to(dev, torch.float32).contiguous(), (h, w), live_warp, config.guide_train_sampling) \
-        if use_guide else None  # type: ignore[union-attr]
+    def guide_stack(factor: int) -> torch.Tensor:
+        if factor not in guide_cache:
+            guide_cache[factor] = torch.stack([t.guide.train_image(factor) for t in tiles])  # type: ignore[union-attr]
+        return guide_cache[factor]
 
-    groups = [{"params": net.sr_parameters(), "ratio": 1.0}]
-    if use_guide:
-        groups.append({"params": net.guide_parameters(), "ratio": config.lr_ratio_guide})
-    if warp is not None and config.warp_learn:
-        pg = warp.parameter_groups()
-        groups += [{"params": pg["affine"], "ratio": config.lr_ratio_affine},
-                   {"params": pg["svf"], "ratio": config.lr_ratio_svf},
-                   {"params": pg["tps"], "ratio": config.lr_ratio_tps}]
-    for g in groups:
-        g["lr"] = config.learning_rate * g["ratio"]
-    opt = torch.optim.Adam(groups, lr=config.learning_rate, **_ADAM_KWARGS)
-
-    sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, lr_t, valid_t)]
-    stage_stats: list[dict] = []
-    total_iters = 0
-    last_loss = float("nan")
-    policy = _LRPolicy(config)
-    out = lr_t
-    base_kind: str | None = None
+    bases: list[FixedBase] = []
     for factor in config.stage_factors(scale):
-        policy = _LRPolicy(config)
-        for g in opt.param_groups:
-            g["lr"] = policy.lr * g["ratio"]
-        recon = _ReconCheck(lr_t, valid_t, factor, config, gd)
-        if base_kind is None:  # decided once, before training (warp at identity or as pre-registered)
-            base_kind = choose_base_kind(lr_t, valid_t, config, gd)
-        recon.set_base(base_kind)
-        iters = 0
+        for t in tiles:
+            t.policy = LearningRatePolicy(config)
+        if not bases:  # each tile's base, decided once before training (warp as registered)
+            bases = [choose_base(t.lr, t.valid, config.base, t.guide.at_lr_centres() if t.guide else None,
+                                 config.degradation) for t in tiles]
+        check = _reconstruction_check(tiles, bases, factor, config)
+        sources = [(base, torch.stack([torch.stack([t.sources[j][1], t.sources[j][2].to(torch.float32)])
+                                       for t in tiles]))
+                   for j, (base, _, _) in enumerate(tiles[0].sources)]
+        active = list(range(k_tiles))
+        stage_iters = [0] * k_tiles
         for it in range(config.max_iters):
-            aug = sample_augmentation(rng, [tuple(s[1].shape) for s in sources], [s[0] for s in sources],
-                                      factor, config)
-            if warp is not None:
-                warp.requires_grad_(config.warp_learn and total_iters + it >= config.warp_warmup_iters)
-            loss = _train_step(net, opt, gd, sources, aug, factor, config, base_kind)
-            iters = it + 1
-            last_loss = loss
-            if it % config.run_test_every == 0:
-                policy.record(it, recon.error(net.params()))
-            if policy.update(it):
-                for g in opt.param_groups:
-                    g["lr"] = policy.lr * g["ratio"]
-            if progress is not None and (total_iters + iters) % PROGRESS_EVERY == 0:
-                progress(total_iters + iters, loss, policy.lr)
-            if policy.lr < config.min_learning_rate:
+            if not active:
                 break
-        total_iters += iters
-        if progress is not None:
-            progress(total_iters, last_loss, policy.lr)
-        out = infer_stage(net.params(), lr_t, gd, factor, config, base_kind)
-        stage_stats.append({"factor": factor, "iterations": iters, "final_loss": last_loss, "base": base_kind,
-                            "final_lr": policy.lr, "recon_mse": policy.errors[-1] if policy.errors else None})
-        up_valid = valid_t.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
-        sources.append((factor, out.detach(), up_valid))
+            augs = {p: sample_augmentation(tiles[p].rng, [tuple(s[1].shape) for s in tiles[p].sources],
+                                           [s[0] for s in tiles[p].sources], factor, config) for p in active}
+            warp_on = [p for p in active if learned and tiles[p].iterations + it >= config.warp.warmup_iters]  # type: ignore[union-attr]
+            total = _losses(augs, sources, net, warp, guide_stack, factor, config, policy, last_loss, bases,
+                            bool(warp_on))
+            net.zero_grad()
+            if learned:
+                warp.packed.zero_grad()  # type: ignore[union-attr]
+            total.backward()
+            net.step(active, [tiles[p].policy.learning_rate for p in active])
+            if learned:  # a tile's warp is frozen during its warm-up (no Adam step)
+                warp.packed.step(warp_on, [tiles[p].policy.learning_rate for p in warp_on])  # type: ignore[union-attr]
+            for p in active:
+                stage_iters[p] = it + 1
+            if it % config.run_test_every == 0:
+                errors = _reconstruction_errors(active, net, warp, check, guide_stack, policy)
+                for p, e in zip(active, errors):
+                    tiles[p].policy.record(it, e)
+                    if progress is not None:
+                        progress(positions[p], tiles[p].iterations + it + 1, e, tiles[p].policy.learning_rate)
+            for p in active:
+                tiles[p].policy.update(it)
+            active = [p for p in active if not tiles[p].policy.stopped]
+        losses = last_loss.detach().cpu().tolist()
+        if warp is not None:
+            warp.write_back()
+        for p, t in enumerate(tiles):
+            t.iterations += stage_iters[p]
+            if progress is not None and t.policy.errors:  # the stage's end, so a bar reaches its total
+                progress(positions[p], t.iterations, t.policy.errors[-1], t.policy.learning_rate)
+            out = infer_stage(net.tile(p), t.lr, t.guide, factor, config, bases[p])
+            t.stage_stats.append({"factor": factor, "iterations": stage_iters[p], "final_loss": losses[p],
+                                  "base": bases[p].name, "final_lr": t.policy.learning_rate,
+                                  "recon_mse": t.policy.errors[-1] if t.policy.errors else None})
+            t.sources.append((factor, out.detach(), t.valid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)))
 
-    displacement = warp.displacement_px(scale * h, scale * w) if warp is not None else None
-    stats = {
-        "iterations": total_iters,
-        "final_loss": last_loss,
-        "final_lr": policy.lr,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "stages": stage_stats,
-        "use_guide": use_guide,
-        "use_warp": use_warp,
-        "base": base_kind,
-        "mean_warp_px": float(np.mean(np.hypot(displacement[..., 0], displacement[..., 1])))
-        if displacement is not None else 0.0,
-    }
-    return TrainOutput(image=out.detach().float().cpu(), stats=stats, displacement=displacement,
-                       weights=net.state() if hasattr(net, "state") else None)
+    seconds = time.perf_counter() - t0
+    losses = last_loss.detach().cpu().tolist()
+    outs = []
+    for p, t in enumerate(tiles):
+        h, w = t.lr.shape
+        disp = displacement_px(t.warp, scale * h, scale * w) if t.warp is not None else None
+        stats = {
+            "iterations": t.iterations,
+            "final_loss": losses[p],
+            "final_lr": t.policy.learning_rate,
+            "seconds": round(seconds / k_tiles, 3),
+            "batch_seconds": round(seconds, 3),
+            "batch_size": k_tiles,
+            "stages": t.stage_stats,
+            "use_guide": use_guide,
+            "use_warp": t.warp is not None,
+            "base": bases[p].name if bases else None,
+            "mean_warp_px": float(np.mean(np.hypot(disp[..., 0], disp[..., 1]))) if disp is not None else 0.0,
+        }
+        outs.append(TrainOutput(image=t.sources[-1][1].detach().float().cpu(), stats=stats, displacement=disp,
+                                weights={k: v.detach().cpu().clone() for k, v in net.tile(p).items()}))
+    return outs
 
 
-def _train_step(net: M.CMSRNet, opt: torch.optim.Optimizer, gd: _Guide | None,
-                sources: list[tuple[int, torch.Tensor, torch.Tensor]], aug: Augmentation, factor: int,
-                config: CMSRConfig, base_kind: str) -> float:
-    base, src, src_valid = sources[aug.source_index]
-    father, mask = extract(src, src_valid, aug)
-    son = degrade_torch(father, factor, config.degradation)
-    guide_crop = None
-    if gd is not None:
-        pts = to_normalized(torch.as_tensor(aug.coords, dtype=torch.float32, device=src.device), *src.shape)
-        guide_crop = gd.train_sample(pts, base)
-    with torch.no_grad():
-        up = _base(son, factor, config, base_kind, guide_crop)
-    loss_sr, loss_full = compute_losses(net.params(), up, father, mask, guide_crop)
-    total = loss_sr if loss_full is None else loss_sr + loss_full
-    opt.zero_grad(set_to_none=True)
-    total.backward()
-    opt.step()
-    return float((loss_full if loss_full is not None else loss_sr).detach())
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-tile mean |pred - target| over the mask: (K, H, W) -> (K,) (invalid pixels count nowhere)."""
+    m = mask.to(pred.dtype)
+    return ((pred - target).abs() * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1.0)
 
 
-class _ReconCheck:
-    """Error of the net applied to the degraded LR, against the LR (valid pixels only)."""
+def _losses(augs: dict[int, Augmentation], sources: list[tuple[int, torch.Tensor]], net: PackedAdam,
+            warp: _BatchWarp | None, guide_stack: Callable[[int], torch.Tensor], factor: int, config: CMSRConfig,
+            policy: DevicePolicy, last_loss: torch.Tensor, bases: list[FixedBase], warp_grad: bool) -> torch.Tensor:
+    """Sum over the active tiles of (loss_sr + loss_full) for this iteration's fathers.
 
-    def __init__(self, lr: torch.Tensor, valid: torch.Tensor, factor: int, config: CMSRConfig,
-                 gd: _Guide | None) -> None:
-        h, w = lr.shape
-        hc, wc = max(factor, (h // factor) * factor), max(factor, (w // factor) * factor)
-        hc, wc = min(hc, h), min(wc, w)
-        self.target = lr[:hc, :wc]
-        self.mask = valid[:hc, :wc]
-        son = degrade_torch(self.target, factor, config.degradation) if (hc % factor == 0 and wc % factor == 0) \
-            else imresize_torch(self.target, 1.0 / factor)
-        self.gd = gd
-        self.points = pixel_centers(h, w, lr.device)[:hc, :wc]
-        self.son = son
-        self.exact = hc % factor == 0 and wc % factor == 0
-        self.factor, self.config = factor, config
-        self.up = imresize_torch(son, float(factor), output_shape=(hc, wc))
-        self.base_kind = "bicubic"
-
-    @torch.no_grad()
-    def set_base(self, kind: str) -> None:
-        self.base_kind = kind
-        if self.exact:
-            self.up = _base(self.son, self.factor, self.config, kind, self._guide())
-
-    @torch.no_grad()
-    def choose_base(self) -> str:
-        """``auto`` base: the candidate that best reconstructs the LR from its degraded copy."""
-        if self.gd is None or not self.exact:
-            return "bp"
-        errs = {}
-        for kind in ("bp",) + GUIDED_BASES:
-            out = _base(self.son, self.factor, self.config, kind, self._guide())
-            errs[kind] = float((((out - self.target) ** 2) * self.mask).sum())
-        return min(errs, key=errs.__getitem__)
-
-    def _guide(self) -> torch.Tensor | None:
-        return self.gd.train_sample(self.points, 1) if self.gd is not None else None
-
-    @torch.no_grad()
-    def error(self, params: M.Params) -> float:
-        g = self._guide()
-        out = M.forward(params, self.up[None, None], g[None] if g is not None else None)[0, 0]
-        m = self.mask.to(out.dtype)
-        return float((((out - self.target) ** 2) * m).sum() / m.sum().clamp_min(1.0))
+    Fathers of one crop side are computed together (their sources may differ: each is gathered from
+    its own stacked source); ``last_loss`` receives each tile's loss_full (loss_sr without a guide).
+    """
+    dev = policy.device
+    groups: dict[tuple[int, int], list[int]] = {}
+    for p, a in augs.items():
+        groups.setdefault((a.coords.shape[0], a.source_index), []).append(p)
+    by_side: dict[int, list[tuple[int, list[int]]]] = {}
+    for (side, src_i), ps in sorted(groups.items()):
+        by_side.setdefault(side, []).append((src_i, ps))
+    total = torch.zeros((), device=dev)
+    for side, parts in by_side.items():
+        order: list[int] = []
+        fathers, masks, points, source_of = [], [], [], []
+        for src_i, ps in parts:
+            src_factor, stack = sources[src_i]
+            src = stack.index_select(0, policy.to_device(np.asarray(ps), torch.long))  # (n, 2, H, W)
+            hs, ws = src.shape[-2:]
+            coords = policy.to_device(np.stack([augs[p].coords for p in ps]))  # (n, s, s, 2) x, y
+            f, m = extract(src, coords, [augs[p].interpolate for p in ps], policy)
+            fathers.append(f)
+            masks.append(m)
+            points.append((coords + 0.5) * source_scale(int(hs), int(ws), dev) - 1.0)
+            source_of.append((src_factor, len(ps)))
+            order += ps
+        father, mask = torch.cat(fathers), torch.cat(masks)
+        n = len(order)
+        idx = None if order == list(range(net.data.shape[0])) else policy.to_device(np.asarray(order), torch.long)
+        son = degrade_torch(father, factor, config.degradation)  # type: ignore[arg-type]
+        weights = net.views(net.rows(idx))
+        guide_crop = None
+        if M.has_guide_branch(weights):
+            pts = torch.cat(points).reshape(n, -1, 2)
+            if warp is not None:
+                with torch.set_grad_enabled(warp_grad):
+                    pts = warp(idx, pts)
+            crops, start = [], 0
+            for src_factor, count in source_of:
+                image = guide_stack(src_factor)
+                sel = policy.to_device(np.asarray(order[start:start + count]), torch.long)
+                g = F.grid_sample(image.index_select(0, sel), pts[start:start + count].unsqueeze(1).to(image.dtype),
+                                  mode="bilinear", padding_mode="border", align_corners=False)
+                crops.append(g.reshape(count, image.shape[1], side, side))
+                start += count
+            guide_crop = torch.cat(crops)
+        up = make_bases(son, factor, [bases[p] for p in order], guide_crop, config.degradation)
+        with policy.autocast():
+            residual = M.conv_chain(weights, "sr", up[:, None], policy.channels_last)
+        sr_out = up + residual[:, 0].float()
+        loss_sr = masked_l1(sr_out, father, mask)
+        loss = loss_sr
+        if guide_crop is not None:
+            with policy.autocast():
+                guide_residual = M.conv_chain(weights, "g", guide_crop, policy.channels_last)
+            loss_full = masked_l1(sr_out.detach() + guide_residual[:, 0].float(), father, mask)
+            total = total + loss_full.sum()
+            loss = loss_full
+        total = total + loss_sr.sum()
+        last_loss.index_copy_(0, idx if idx is not None else policy.to_device(np.asarray(order), torch.long),
+                              loss.detach())
+    return total
 
 
 @torch.no_grad()
-def infer_stage(params: M.Params, lr: torch.Tensor, gd: _Guide | None, factor: int, config: CMSRConfig,
-                base_kind: str = "bicubic") -> torch.Tensor:
-    """Self-ensembled, back-projected output on the grid ``factor`` x the LR (guide-gated when
-    ``config.guide_gate`` is set, see :func:`cmsr.baselines.guide_confidence`)."""
-    g = gd.stage_grid(factor) if gd is not None else None
-    y = _ensemble(params, lr, g, factor, config, base_kind)
-    if g is None or config.guide_gate is None or not M.has_guide_branch(params):
-        return y
-    without_guide = {k: v for k, v in params.items() if not k.startswith("g.")}
-    y_ref = _ensemble(without_guide, lr, None, factor, config, "bp")
-    c = guide_confidence(lr, g, factor, config.guide_gate, pool=config.guide_gate_pool,
-                         flat_guide_var=config.guide_gate_flat_var)
-    return back_project(y_ref + c * (y - y_ref), lr, factor, config.back_projection_rounds, config.degradation)
-
-
-def _ensemble(params: M.Params, lr: torch.Tensor, g: torch.Tensor | None, factor: int, config: CMSRConfig,
-              base_kind: str) -> torch.Tensor:
-    up = _base(lr, factor, config, base_kind, g)
-    members = range(8) if config.self_ensemble else range(1)
-    outs = []
-    for k in members:
-        gk = _transform(g, k)[None] if g is not None else None
-        o = M.forward(params, _transform(up, k)[None, None], gk)[0, 0]
-        o = _untransform(o, k)
-        outs.append(back_project(o, lr, factor, config.back_projection_rounds, config.degradation))
-    y = _median(torch.stack(outs)) if len(outs) > 1 else outs[0]
-    return back_project(y, lr, factor, config.back_projection_rounds, config.degradation)
+def _reconstruction_errors(active: list[int], net: PackedAdam, warp: _BatchWarp | None, check: _Check,
+                           guide_stack: Callable[[int], torch.Tensor], policy: DevicePolicy) -> list[float]:
+    """ZSSR's reconstruction error (MSE of the net on the degraded LR) of each active tile: one sync."""
+    k_tiles = check.up.shape[0]
+    idx = None if len(active) == k_tiles else policy.to_device(np.asarray(active), torch.long)
+    pick = (lambda x: x) if idx is None else (lambda x: x.index_select(0, idx))
+    up = pick(check.up)
+    weights = net.views(net.rows(idx))
+    n = up.shape[0]
+    hc, wc = up.shape[-2:]
+    with policy.autocast():
+        residual = M.conv_chain(weights, "sr", up, policy.channels_last)
+    out = up[:, 0] + residual[:, 0].float()
+    if M.has_guide_branch(weights):
+        pts = check.points.expand(n, -1, -1)
+        if warp is not None:
+            pts = warp(idx, pts)
+        image = pick(guide_stack(1))
+        g = F.grid_sample(image, pts.unsqueeze(1).to(image.dtype), mode="bilinear", padding_mode="border",
+                          align_corners=False).reshape(n, image.shape[1], hc, wc)
+        with policy.autocast():
+            guide_residual = M.conv_chain(weights, "g", g, policy.channels_last)
+        out = out + guide_residual[:, 0].float()
+    mask = pick(check.mask).to(out.dtype)
+    err = (((out - pick(check.target)) ** 2) * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1.0)
+    return err.cpu().tolist()

@@ -7,7 +7,7 @@ learn. What stays per tile, because it is what makes CMSR CMSR: its own internal
 its own pair (fine-tuning, with its own father/son stream and lr policy) and its own warp,
 learned from the identity (misalignment varies across a mosaic and is never transferred).
 
-Fine-tuning uses :func:`cmsr.batched.train_tiles` (or the sequential trainer) with
+Fine-tuning is the ordinary training (``cmsr.run_many`` with ``init_state``) under
 ``finetune_config``: one stage straight at the final scale (no gradual x2 stage), a short
 iteration budget, the lr policy free to stop earlier. Measured speed and quality are in
 benchmarks/RESULTS.md ("Throughput").
@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from . import model as M
-from .batched import BatchProgressFn, ConvImpl, train_tiles
 from .config import CMSRConfig
-from .runtime import AmpChoice
-from .train import TrainOutput, super_resolve_normalized
+from .inputs import check_scale, prepare_tiles
+from .train import train
 
 
 @dataclass(frozen=True)
@@ -112,47 +111,24 @@ def pretrain(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None],
         raise ValueError("pretrain needs at least one tile")
     state: M.Params | None = None
     for j, i in enumerate(pick_representatives(lrs, valids, warm.representatives, warm.min_valid_fraction)):
-        out = super_resolve_normalized(lrs[i], guides[i], valids[i], scale, config, seed=seed + j, device=device,
-                                       init_state=state)
-        if out.weights is None:
-            raise RuntimeError("the trainer returned no weights to warm-start from")
+        (out,) = train([lrs[i]], [guides[i]], [valids[i]], scale, config, seeds=[seed + j], device=device,
+                       init_state=state)
+        assert out.weights is not None
         state = out.weights
     assert state is not None
     return state
-
-
-def warm_start_tiles(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
-                     scale: int, config: CMSRConfig, *, seeds: Sequence[int], device: str | torch.device = "cpu",
-                     warm: WarmStartConfig = WarmStartConfig(), state: M.Params | None = None,
-                     progress: BatchProgressFn | None = None, amp: AmpChoice = "auto",
-                     conv_impl: ConvImpl = "grouped", max_batch: int | None = None
-                     ) -> tuple[M.Params, list[TrainOutput]]:
-    """Pretrain (unless ``state`` is given) then fine-tune every tile from it, batched.
-
-    Returns the warm-start weights (reuse them for the survey's other batches) and one
-    :class:`TrainOutput` per tile.
-    """
-    if state is None:
-        state = pretrain(lrs, guides, valids, scale, config, seed=int(seeds[0]) if len(seeds) else 0,
-                         device=device, warm=warm)
-    outs = train_tiles(lrs, guides, valids, scale, finetune_config(config, warm), seeds=seeds, device=device,
-                       init_state=state, progress=progress, amp=amp, conv_impl=conv_impl, max_batch=max_batch)
-    return state, outs
 
 
 def pretrain_arrays(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int, config: CMSRConfig, *,
                     seed: int = 0, device: str | torch.device = "cpu", target_range: tuple[float, float] | None = None,
                     guide_range: np.ndarray | None = None, warm: WarmStartConfig = WarmStartConfig()) -> M.Params:
     """:func:`pretrain` from raw tile arrays (target units, NaN nodata), normalised exactly as
-    ``cmsr.run`` / :func:`cmsr.batched.run_batch` will normalise them (pass the survey ranges)."""
-    from .api import check_scale, prepare_guide, prepare_target
-
+    ``cmsr.run_many`` will normalise them (pass the survey ranges)."""
     s = check_scale(scale)
-    prepared = [prepare_target(t, target_range) for t in targets]
-    guide_ts = [prepare_guide(g, tuple(p.lr.shape), s, guide_range)[0] if config.use_guide else None
-                for p, g in zip(prepared, guides)]
-    return pretrain([p.lr for p in prepared], guide_ts, [p.valid for p in prepared], s, config, seed=seed,
-                    device=device, warm=warm)
+    tiles = prepare_tiles(targets, guides, s, needs_guide=config.guide is not None, target_range=target_range,
+                          guide_range=guide_range)
+    return pretrain([t.target.lr for t in tiles], [t.guide for t in tiles], [t.target.valid for t in tiles], s,
+                    config, seed=seed, device=device, warm=warm)
 
 
 def save_state(path: str, state: M.Params) -> None:

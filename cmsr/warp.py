@@ -15,7 +15,8 @@ shares them. The warp maps a location ``p`` of the output grid to the guide loca
 * ``T``: a thin-plate spline whose control points sit on a regular ``tps_grid x tps_grid`` lattice;
   parameters are the control points' offsets (zero at init), learning-rate ratio 0.2.
 
-All three are functions of points, so a training step evaluates ``phi`` only at the few thousand
+Without learning (a registration alone) only the affine exists: :class:`AffineWarp`. All three
+levels are functions of points, so a training step evaluates ``phi`` only at the few thousand
 points of a father crop (augmentation composed with the warp) and resamples the guide once there,
 instead of warping the whole guide every iteration.
 """
@@ -85,11 +86,12 @@ class GuideWarp(nn.Module):
     """Identity-initialised affine -> stationary-velocity-field -> TPS warp of normalised points."""
 
     def __init__(self, svf_grid: int = 5, svf_integration_grid: int = 33, svf_squarings: int = 6,
-                 tps_grid: int = 8) -> None:
+                 tps_grid: int = 8, affine: torch.Tensor | None = None) -> None:
         super().__init__()
         self.svf_integration_grid = int(svf_integration_grid)
         self.svf_squarings = int(svf_squarings)
-        self.affine = nn.Parameter(_identity_affine())
+        start = _identity_affine() if affine is None else affine.detach().to("cpu", torch.float32).clone()
+        self.affine = nn.Parameter(start)
         self.velocity = nn.Parameter(torch.zeros(1, 2, svf_grid, svf_grid))
         t = np.linspace(-1.0, 1.0, tps_grid)
         gy, gx = np.meshgrid(t, t, indexing="ij")
@@ -135,98 +137,37 @@ class GuideWarp(nn.Module):
         r = q @ self.affine[:, :2].t() + self.affine[:, 2]
         return r.reshape(shape)
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"affine": [self.affine], "svf": [self.velocity], "tps": [self.tps_offsets]}
-
-    def is_identity(self) -> bool:
-        """True while every level is exactly at its identity (as initialised or after ``reset_``)."""
-        with torch.no_grad():
-            return bool(torch.equal(self.affine, _identity_affine(self.affine.device)) and not self.velocity.any()
-                        and not self.tps_offsets.any())
-
-    @torch.no_grad()
-    def reset_(self) -> None:
-        """Back to the identity map (every level)."""
-        self.affine.copy_(_identity_affine(self.affine.device))
-        self.velocity.zero_()
-        self.tps_offsets.zero_()
-
-    def mean_displacement_px(self, height: int, width: int) -> float:
-        """Mean length of the displacement over a ``height x width`` grid, in its pixels."""
-        d = self.displacement_px(height, width)
-        return float(np.mean(np.hypot(d[..., 0], d[..., 1])))
-
     def displacement_px(self, height: int, width: int) -> np.ndarray:
-        """(height, width, 2) learned displacement (dy, dx) in pixels of a ``height x width`` grid:
-        the output pixel at (y, x) reads the guide at (y + dy, x + dx)."""
-        with torch.no_grad():
-            p = pixel_centers(height, width, self.affine.device)
-            d = self.forward(p) - p
-            out = torch.stack([d[..., 1] * height / 2.0, d[..., 0] * width / 2.0], dim=-1)
-        return out.cpu().numpy().astype(np.float32)
+        """(height, width, 2) displacement (dy, dx) in pixels of a ``height x width`` grid."""
+        return displacement_px(self, height, width)
 
 
-def prealign(warp: GuideWarp, guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-             iters: int = 100, lr: float = 2e-3, radius: int = 2, eps: float = 1e-3,
-             search: int = 0) -> list[float]:
-    """Register the warp's global affine to the target before training (a deviation from the paper).
+class AffineWarp(nn.Module):
+    """A global affine of normalised points: what a registration finds, on its own (the learned
+    levels of :class:`GuideWarp` are neither built nor evaluated when they are not trained)."""
 
-    Why: trained only through the full-output L1 of a small guide branch (the paper's scheme), the
-    warp gets a weak, misleading gradient and does not recover a misalignment of a few pixels
-    (benchmarks/RESULTS.md, stress tests). A cross-modal criterion with a wide, smooth basin is the
-    residual of a *local linear fit* of the target by the warped guide: the guided filter
-    (He et al.) of the target with the warped guide as its guide reproduces the target well exactly
-    where the guide's edges sit on the target's. Minimised (L1, valid pixels) coarse to fine on
-    the target's grid /4, /2 and /1 (the guide resized to each), ``iters`` Adam steps of the affine
-    only per level. ``search`` > 0 first tries every whole-pixel shift of the target's grid within
-    +-``search`` pixels by the same criterion and starts from the best (a gradient descent alone
-    stalls on a weak cross-modal signal a few pixels away: thermal vs RGB). ``guide`` (C, H, W) on
-    any grid of the scene, ``target`` (h, w). Returns the final loss of each level.
-    """
-    from .baselines import guided_filter
-    from .resize import imresize_torch
+    def __init__(self, affine: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.affine = nn.Parameter(_identity_affine() if affine is None else affine.detach().clone())
 
-    h, w = target.shape
-    dev = warp.affine.device
-    tgt0 = target.detach().to(dev, torch.float32)
-    m0 = torch.ones_like(tgt0) if valid is None else valid.detach().to(dev, torch.float32)
-    g0 = guide.detach().to(dev, torch.float32)
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """phi(points): (..., 2) -> (..., 2), as the last level of :meth:`GuideWarp.forward`."""
+        shape = points.shape
+        r = points.reshape(-1, 2) @ self.affine[:, :2].t() + self.affine[:, 2]
+        return r.reshape(shape)
 
-    def fit_loss(gl: torch.Tensor, tgt: torch.Tensor, msk: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-        fit = guided_filter(sample(gl, warp(pts)).double(), tgt.double(), radius, eps)
-        return ((fit - tgt.double()).abs() * msk).sum() / msk.sum().clamp_min(1.0)
 
-    if search > 0:
-        gl, pts = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
-        start = warp.affine.detach().clone()
-        best, best_t = float("inf"), start[:, 2].clone()
-        shifts = sorted(((dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)),
-                        key=lambda d: (d[0] ** 2 + d[1] ** 2, d))  # nearest first: a tie keeps the smaller shift
-        with torch.no_grad():
-            for dy, dx in shifts:
-                warp.affine[:, 2] = start[:, 2] + torch.tensor([2.0 * dx / w, 2.0 * dy / h], device=dev)
-                loss = float(fit_loss(gl, tgt0, m0, pts))
-                if loss < best - 1e-12:
-                    best, best_t = loss, warp.affine[:, 2].clone()
-            warp.affine[:, 2] = best_t
-    opt = torch.optim.Adam([warp.affine], lr=lr)
-    losses: list[float] = []
-    for div in (4, 2, 1):
-        hh, ww = h // div, w // div
-        if min(hh, ww) < 4 * radius + 2:
-            continue
-        tgt = tgt0 if div == 1 else imresize_torch(tgt0, output_shape=(hh, ww))
-        msk = m0 if div == 1 else (imresize_torch(m0, output_shape=(hh, ww)) > 0.999).to(torch.float32)
-        gl = imresize_torch(g0, output_shape=(hh, ww))
-        pts = pixel_centers(hh, ww, dev)
-        loss = torch.zeros((), device=dev)
-        for _ in range(int(iters)):
-            loss = fit_loss(gl, tgt, msk, pts)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            warp.velocity.grad = None
-            warp.tps_offsets.grad = None
-            opt.step()
-        losses.append(float(loss.detach()))
-    warp.zero_grad(set_to_none=True)
-    return losses
+def displacement_px(warp: nn.Module, height: int, width: int) -> np.ndarray:
+    """(height, width, 2) displacement (dy, dx) in pixels of a ``height x width`` grid: the output
+    pixel at (y, x) reads the guide at (y + dy, x + dx)."""
+    with torch.no_grad():
+        p = pixel_centers(height, width, next(warp.parameters()).device)
+        d = warp(p) - p
+        out = torch.stack([d[..., 1] * height / 2.0, d[..., 0] * width / 2.0], dim=-1)
+    return out.cpu().numpy().astype(np.float32)
+
+
+def mean_displacement_px(warp: nn.Module, height: int, width: int) -> float:
+    """Mean length of the displacement over a ``height x width`` grid, in its pixels."""
+    d = displacement_px(warp, height, width)
+    return float(np.mean(np.hypot(d[..., 0], d[..., 1])))

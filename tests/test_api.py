@@ -10,7 +10,7 @@ from PIL import Image
 
 import cmsr
 from cmsr import InvalidInput, imresize
-from cmsr.api import fill_nodata
+from cmsr.inputs import fill_nodata
 
 
 def _read(pair: Path, kind: str) -> np.ndarray:
@@ -154,8 +154,7 @@ def test_cmsr_end_to_end_small_budget_beats_bicubic(thermal: Path) -> None:
     lr = np.asarray(Image.open(f"{pair}_lr.png"))
     guide = np.asarray(Image.open(f"{pair}_guide.png"))
     gt = np.asarray(Image.open(f"{pair}_gt.png"))
-    cfg = cmsr.CMSRConfig.fast().replace(max_iters=40, min_iters=20, self_ensemble=False, gradual=False,
-                                         use_warp=True)
+    cfg = cmsr.CMSRConfig.fast().replace(max_iters=40, min_iters=20, self_ensemble=False, gradual=False)
     seen: list[tuple[int, float, float]] = []
     r = cmsr.run(lr, guide, 4, cfg, method="cmsr", seed=3, progress=lambda *a: seen.append(a))
     bic = cmsr.superresolve(lr, None, 4, method="bicubic")

@@ -18,6 +18,7 @@ from cmsr.baselines import (
     guided_filter_upsample,
     local_fit_r2,
 )
+from cmsr.config import Gate
 from cmsr.metrics import psnr
 from cmsr.resize import degrade_torch
 
@@ -125,10 +126,10 @@ def test_gated_guided_upsample_does_not_transfer_a_foreign_object(pairs: Path) -
     region = (slice(y0, y0 + size), slice(x0, x0 + size))
     plain = back_projection(bicubic(lr, 4), lr, 4, rounds=12)
     free = guided_filter_upsample(lr, pasted, 4)
-    gated = guided_filter_upsample(lr, pasted, 4, GuidedFilterParams(gate=(0.2, 0.6)))
+    gated = guided_filter_upsample(lr, pasted, 4, GuidedFilterParams(gate=Gate(0.2, 0.6)))
     d_free = float((free - plain)[region].abs().mean())
     d_gated = float((gated - plain)[region].abs().mean())
     assert d_gated < 0.5 * d_free, (d_gated, d_free)
     clean_free = guided_filter_upsample(lr, guide, 4).numpy() * 255
-    clean_gated = guided_filter_upsample(lr, guide, 4, GuidedFilterParams(gate=(0.2, 0.6))).numpy() * 255
+    clean_gated = guided_filter_upsample(lr, guide, 4, GuidedFilterParams(gate=Gate(0.2, 0.6))).numpy() * 255
     assert psnr(clean_gated, gt) > psnr(clean_free, gt) - 0.1

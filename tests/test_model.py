@@ -1,12 +1,10 @@
-"""Network layout, initialisation, and gradient isolation between F_sr and F_g + warp."""
+"""Network layout, initialisation, and the stacked (K-tile) forward pass."""
 
 from __future__ import annotations
 
 import torch
 
 from cmsr import model as M
-from cmsr.train import compute_losses
-from cmsr.warp import GuideWarp, pixel_centers, sample
 
 
 def test_layer_specs_and_init() -> None:
@@ -22,39 +20,20 @@ def test_layer_specs_and_init() -> None:
 
 
 def test_forward_is_residual_over_up_and_adds_the_guide_branch() -> None:
-    p = M.init_params(4, seed=1)
+    p = M.stacked(M.init_params(4, seed=1))
     up, g = torch.rand(1, 1, 9, 13), torch.rand(1, 4, 9, 13)
     out = M.forward(p, up, g)
     assert out.shape == (1, 1, 9, 13)
-    assert torch.allclose(out, up + M.sr_residual(p, up) + M.guide_residual(p, g))
+    assert torch.allclose(out, up + M.conv_chain(p, "sr", up) + M.conv_chain(p, "g", g))
     zero = {k: torch.zeros_like(v) for k, v in p.items()}
     assert torch.equal(M.forward(zero, up, g), up)
 
 
-def test_gradient_isolation() -> None:
-    torch.manual_seed(0)
-    net = M.CMSRNet(M.init_params(3, seed=0))
-    warp = GuideWarp()
-    guide = torch.rand(3, 40, 40)
-    crop = sample(guide, warp(pixel_centers(16, 16) * 0.5))
-    up, father = torch.rand(16, 16), torch.rand(16, 16)
-    mask = torch.ones(16, 16, dtype=torch.bool)
-    loss_sr, loss_full = compute_losses(net.params(), up, father, mask, crop)
-    assert loss_full is not None
-    loss_full.backward(retain_graph=True)
-    assert all(p.grad is None for p in net.sr_parameters())  # F_sr: nothing from the full-output loss
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.guide_parameters())
-    assert warp.affine.grad is not None and warp.affine.grad.abs().sum() > 0
-    for p in list(net.parameters()) + list(warp.parameters()):
-        p.grad = None
-    loss_sr.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.sr_parameters())
-    assert all(p.grad is None for p in net.guide_parameters()) and warp.affine.grad is None
-
-
-def test_state_round_trip() -> None:
-    net = M.CMSRNet(M.init_params(3, seed=2))
-    st = net.state()
-    net2 = M.CMSRNet(st)
-    x, g = torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 8)
-    assert torch.equal(net(x, g), net2(x, g))
+def test_stacked_tiles_see_only_their_own_weights() -> None:
+    """The grouped convolution of K tiles equals each tile's own plain convolution stack."""
+    ws = [M.init_params(3, sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, seed=s) for s in range(3)]
+    stacked = {k: torch.stack([w[k] for w in ws]) for k in ws[0]}
+    x = torch.rand(3, 1, 10, 12)
+    both = M.conv_chain(stacked, "sr", x)
+    for i in range(3):
+        torch.testing.assert_close(both[i:i + 1], M.conv_chain(M.stacked(ws[i]), "sr", x[i:i + 1]))

@@ -104,7 +104,9 @@ def test_cmsr_with_save_warp_draws_the_learned_field(
 ) -> None:
     from cmsr.config import CMSRConfig
 
-    tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False, gradual=False, use_warp=True)
+    from cmsr.config import LearnedWarp
+
+    tiny = CMSRConfig.fast().replace(max_iters=8, min_iters=4, self_ensemble=False, gradual=False, warp=LearnedWarp())
     monkeypatch.setattr(CMSRConfig, "preset", classmethod(lambda cls, name: tiny))
     lines: list[str] = []
     out = run_single_pair(lr, guide, tmp_path / "sr.png", 4, "cmsr", preset="fast",

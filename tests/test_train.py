@@ -1,75 +1,93 @@
-"""Internal training + inference: masking, determinism, odd sizes, and a real dev pair."""
+"""The one trainer: config shape, masking, determinism, batch invariance, the loss against a tiny
+reference, registration, the guide gate, and a real dev pair."""
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from cmsr import model as M
 from cmsr.augment import Augmentation, extract, sample_augmentation
-from cmsr.config import DEFAULT_PRESET, CMSRConfig
+from cmsr.bases import BACK_PROJECTED
+from cmsr.config import (AutoBase, BackProjected, Bicubic, CMSRConfig, Gate, GuidedBase, LearnedWarp,
+                         Registration)
+from cmsr.guide import TileGuide
+from cmsr.infer import infer_stage
+from cmsr.registration import register
 from cmsr.resize import degrade_torch, upsample_torch
-from cmsr.train import masked_l1, super_resolve_normalized
+from cmsr.runtime import device_policy
+from cmsr.train import masked_l1, train
+from cmsr.warp import AffineWarp, GuideWarp
+from dev_tiles import dev_tiles
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
-TINY = dataclasses.replace(CMSRConfig.best(), use_warp=True, warp_prealign_iters=0, warp_learn=True,
-                           warp_min_registration_px=0.0, gradual=False, max_iters=6, crop_size=16, run_test_every=2)
+TINY = CMSRConfig.paper().replace(gradual=False, max_iters=6, crop_size=16, run_test_every=2)
+# a budget where the lr policy really acts (it drops inside the run) yet CI-cheap
+POLICY = CMSRConfig.paper().replace(max_iters=24, min_iters=6, crop_size=16, run_test_every=3,
+                                    lr_policy_check_every=6, lr_slope_points=4)
 
 
 def _scene(h: int, w: int, s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     hr = torch.rand(1, 1, h * s // 4 + 1, w * s // 4 + 1, generator=g)
-    hr = torch.nn.functional.interpolate(hr, size=(h * s, w * s), mode="bilinear", align_corners=False)[0, 0]
+    hr = F.interpolate(hr, size=(h * s, w * s), mode="bilinear", align_corners=False)[0, 0]
     guide = torch.stack([hr, 1 - hr, hr * hr])
     return degrade_torch(hr, s, "bicubic").float(), guide.float()
 
 
-def test_presets_and_schedule() -> None:
-    assert CMSRConfig.preset("paper") == CMSRConfig.paper()
-    assert CMSRConfig.preset(DEFAULT_PRESET) is not None
+def _one(lr, guide, valid, scale, config, seed=0, **kw):  # type: ignore[no-untyped-def]
+    return train([lr], [guide], [valid], scale, config, seeds=[seed], **kw)[0]
+
+
+def test_presets_read_as_groups_and_invalid_combinations_are_refused() -> None:
+    p, b = CMSRConfig.paper(), CMSRConfig.best()
+    assert p.stage_factors(4) == (2, 4) and p.stage_factors(8) == (2, 4, 8) and p.stage_factors(6) == (2, 4, 6)
+    assert isinstance(p.base, Bicubic) and p.registration is None and p.guide_gate is None
+    assert p.warp == LearnedWarp() and p.warp.lr_ratio_tps == 0.2
+    assert isinstance(b.base, AutoBase) and [c.name for c in b.base.candidates] == ["bp", "guided", "guided_smooth"]
+    assert b.registration == Registration(search_px=4, descent_iters=100, min_px=0.5) and b.warp is None
+    assert b.guide_gate == Gate(0.02, 0.1, pool="min", flat_guide_var=0.01)
+    assert CMSRConfig.fast() == b.replace(max_iters=250, min_iters=120)
+    with pytest.raises(ValueError, match="registration, warp"):
+        CMSRConfig(guide=None, registration=Registration())
+    with pytest.raises(ValueError, match="GuidedBase"):
+        CMSRConfig(guide=None, warp=None, base=GuidedBase())
     with pytest.raises(ValueError):
-        CMSRConfig.preset("nope")
-    p = CMSRConfig.paper()
-    assert p.stage_factors(4) == (2, 4) and p.stage_factors(2) == (2,) and p.stage_factors(8) == (2, 4, 8)
-    assert p.stage_factors(6) == (2, 4, 6) and CMSRConfig.fast().stage_factors(4) == (2, 4)
-    assert CMSRConfig.paper().base == "bicubic" and CMSRConfig.paper().use_warp
-    b = CMSRConfig.best()
-    assert b.base == "auto" and b.use_warp and b.warp_prealign_iters > 0 and not b.warp_learn
-    assert CMSRConfig.paper().warp_learn and CMSRConfig.paper().base_gate is None and CMSRConfig.paper().guide_gate is None
-    assert b.guide_gate is not None
-    assert (p.crop_size, p.max_iters, p.back_projection_rounds, p.lr_ratio_tps) == (48, 800, 6, 0.2)
+        Gate(0.6, 0.2)
+    z = b.without_guide()
+    assert z.guide is None and z.base == BackProjected() and z.registration is None and z.guide_gate is None
+    assert b.without_warp().registration is None and b.without_warp().warp is None
 
 
 def test_invalid_pixels_do_not_affect_the_loss() -> None:
     rng = np.random.default_rng(0)
+    policy = device_policy("cpu")
     img = torch.rand(30, 40)
     valid = torch.ones(30, 40, dtype=torch.bool)
     valid[5:12, 8:20] = False
-    cfg = CMSRConfig.paper()
+    garbage = img.clone()
+    garbage[~valid] = 1e6
     for _ in range(20):
-        aug = sample_augmentation(rng, [(30, 40)], [1], 2, cfg)
-        f1, m1 = extract(img, valid, aug)
-        garbage = img.clone()
-        garbage[~valid] = 1e6
-        f2, m2 = extract(garbage, valid, aug)
+        aug = sample_augmentation(rng, [(30, 40)], [1], 2, CMSRConfig.paper())
+        coords = torch.from_numpy(aug.coords).float()[None]
+        f1, m1 = extract(torch.stack([img, valid.float()])[None], coords, [aug.interpolate], policy)
+        f2, m2 = extract(torch.stack([garbage, valid.float()])[None], coords, [aug.interpolate], policy)
         assert torch.equal(m1, m2)
         pred = torch.rand_like(f1)
         assert torch.allclose(masked_l1(pred, f1, m1), masked_l1(pred, f2, m2))
     # out-of-source father pixels of an affine crop are masked too
     coords = np.stack(np.meshgrid(np.arange(-5.0, 11.0), np.arange(16.0), indexing="xy"), -1)
-    _, m = extract(img, torch.ones_like(valid), Augmentation("affine", 0, coords))
-    assert not m[:, :4].any() and m[:, 6:].all()
+    aug = Augmentation("affine", 0, coords)
+    _, m = extract(torch.stack([img, torch.ones(30, 40)])[None], torch.from_numpy(coords).float()[None], [True],
+                   policy)
+    assert aug.interpolate and not m[0, :, :4].any() and m[0, :, 6:].all()
 
 
 def test_deterministic_for_a_seed_and_seed_matters() -> None:
     lr, guide = _scene(12, 16, 2)
     valid = torch.ones_like(lr, dtype=torch.bool)
-    a = super_resolve_normalized(lr, guide, valid, 2, TINY, seed=3)
-    b = super_resolve_normalized(lr, guide, valid, 2, TINY, seed=3)
-    c = super_resolve_normalized(lr, guide, valid, 2, TINY, seed=4)
+    a, b, c = (_one(lr, guide, valid, 2, TINY, seed=s) for s in (3, 3, 4))
     assert torch.equal(a.image, b.image) and np.array_equal(a.displacement, b.displacement)
     assert not torch.equal(a.image, c.image)
 
@@ -79,132 +97,181 @@ def test_odd_non_square_sizes_and_scales(h: int, w: int, s: int, deg: str) -> No
     lr, guide = _scene(h, w, s)
     valid = torch.ones_like(lr, dtype=torch.bool)
     valid[0, 0] = False
-    cfg = dataclasses.replace(CMSRConfig.paper(), degradation=deg, max_iters=4, crop_size=16, run_test_every=2)
-    seen: list[tuple[int, float, float]] = []
-    out = super_resolve_normalized(lr, guide, valid, s, cfg, progress=lambda i, l, r: seen.append((i, l, r)))
-    assert out.image.shape == (h * s, w * s) and out.image.dtype == torch.float32
-    assert torch.isfinite(out.image).all()
+    cfg = CMSRConfig.paper().replace(degradation=deg, max_iters=4, crop_size=16, run_test_every=2)
+    seen: list[tuple[int, int, float, float]] = []
+    out = _one(lr, guide, valid, s, cfg, progress=lambda *a: seen.append(a))
+    assert out.image.shape == (h * s, w * s) and out.image.dtype == torch.float32 and torch.isfinite(out.image).all()
     assert out.displacement is not None and out.displacement.shape == (h * s, w * s, 2)
-    assert seen and seen[-1][0] == out.stats["iterations"] == 4 * len(cfg.stage_factors(s))
+    stages = len(cfg.stage_factors(s))
+    assert out.stats["iterations"] == 4 * stages
+    assert [x[1] for x in seen] == [i for st in range(stages) for i in (4 * st + 1, 4 * st + 3, 4 * st + 4)]
     # back-projection makes the output consistent with the LR under the degradation model
     assert float((degrade_torch(out.image, s, deg) - lr).abs().mean()) < 0.01
 
 
 def test_zssr_mode_without_guide() -> None:
-    lr, _ = _scene(10, 12, 2)
-    cfg = dataclasses.replace(TINY, use_guide=False, use_warp=False)
-    out = super_resolve_normalized(lr, None, torch.ones_like(lr, dtype=torch.bool), 2, cfg)
+    lr, guide = _scene(10, 12, 2)
+    out = _one(lr, guide, torch.ones_like(lr, dtype=torch.bool), 2, TINY.without_guide())
     assert out.displacement is None and out.image.shape == (20, 24) and not out.stats["use_guide"]
-    assert all(not k.startswith("g.") for k in out.weights)
+    assert out.weights is not None and all(not k.startswith("g.") for k in out.weights)
 
 
 def test_bad_inputs_are_refused() -> None:
     lr, guide = _scene(8, 8, 2)
     valid = torch.ones_like(lr, dtype=torch.bool)
     with pytest.raises(ValueError, match="guide"):
-        super_resolve_normalized(lr, guide[:, :-1], valid, 2, TINY)
+        _one(lr, guide[:, :-1], valid, 2, TINY)
     with pytest.raises(ValueError, match="scale"):
-        super_resolve_normalized(lr, guide, valid, 9, TINY)
+        _one(lr, guide, valid, 9, TINY)
     bad = lr.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        super_resolve_normalized(bad, guide, valid, 2, TINY)
+        _one(bad, guide, valid, 2, TINY)
+    with pytest.raises(ValueError, match="seeds"):
+        train([lr, lr], [guide, guide], [valid, valid], 2, TINY, seeds=[0])
 
 
-def _psnr_u8(x: np.ndarray, gt: np.ndarray) -> float:
-    x = np.clip(np.round(x * 255.0), 0, 255)
-    return float(10 * np.log10(255.0**2 / np.mean((x - gt) ** 2)))
+def _assert_same(a, b, atol: float = 2e-5) -> None:  # type: ignore[no-untyped-def]
+    torch.testing.assert_close(a.image, b.image, atol=atol, rtol=0)
+    assert a.stats["iterations"] == b.stats["iterations"]
+    assert [s["iterations"] for s in a.stats["stages"]] == [s["iterations"] for s in b.stats["stages"]]
+    if a.displacement is not None:
+        np.testing.assert_allclose(a.displacement, b.displacement, atol=1e-4)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="dev pairs not available")
-def test_end_to_end_real_pair_beats_bicubic() -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["paper", "best"])
+def test_batch_invariance(shared_data, preset: str) -> None:  # type: ignore[no-untyped-def]
+    """K = 1 and K = 3 give each tile the same result, and a tile's result does not depend on its batch
+    neighbours (to float rounding), with the lr policy acting (drops and stops inside the run)."""
+    torch.set_num_threads(1)
+    lrs, guides, valids = dev_tiles(shared_data, 4)
+    cfg = POLICY if preset == "paper" else CMSRConfig.best().replace(
+        max_iters=24, min_iters=6, crop_size=16, run_test_every=3, lr_policy_check_every=6, lr_slope_points=4,
+        registration=Registration(search_px=1, descent_iters=5))
+    alone = [_one(lr, g, v, 4, cfg, seed=10 + i) for i, (lr, g, v) in enumerate(zip(lrs[:3], guides, valids))]
+    together = train(lrs[:3], guides[:3], valids[:3], 4, cfg, seeds=[10, 11, 12])
+    for a, b in zip(alone, together):
+        _assert_same(a, b)
+        assert b.stats["batch_size"] == 3
+    other = train([lrs[0], lrs[3]], [guides[0], guides[3]], [valids[0], valids[3]], 4, cfg, seeds=[10, 99])
+    _assert_same(together[0], other[0])
+    if preset == "paper":  # the policy really acted: the learning rate dropped inside the run
+        assert any(s["final_lr"] < cfg.learning_rate for o in together for s in o.stats["stages"])
+    else:
+        assert {o.stats["base"] for o in together} <= {"bp", "guided", "guided_smooth"}
+
+
+def _reference_losses(weights: M.Params, up: torch.Tensor, father: torch.Tensor, mask: torch.Tensor,
+                      guide_crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's two losses for one father, written plainly: (L1 of up + F_sr, L1 of the full output
+    with F_sr detached)."""
+    def chain(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        keys = sorted((k for k in weights if k.startswith(prefix)), key=lambda k: int(k.split(".")[1]))
+        for j, k in enumerate(keys):
+            x = F.conv2d(x, weights[k], padding=weights[k].shape[-1] // 2)
+            x = F.relu(x) if j < len(keys) - 1 else x
+        return x
+
+    sr = up + chain("sr.", up[None, None])[0, 0]
+    m = mask.float()
+    full = sr.detach() + chain("g.", guide_crop[None])[0, 0]
+    return ((sr - father).abs() * m).sum() / m.sum(), ((full - father).abs() * m).sum() / m.sum()
+
+
+def test_the_batched_losses_equal_the_reference_and_isolate_the_gradients() -> None:
+    """``M.conv_chain`` over K stacked tiles gives every tile the reference losses of its own weights;
+    loss_sr reaches only F_sr, loss_full only F_g and the warp."""
+    torch.manual_seed(0)
+    ws = [M.init_params(3, sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, seed=s) for s in range(3)]
+    stacked = {k: torch.stack([w[k] for w in ws]).requires_grad_() for k in ws[0]}
+    up, father, guide = torch.rand(3, 16, 16), torch.rand(3, 16, 16), torch.rand(3, 3, 16, 16)
+    mask = torch.rand(3, 16, 16) > 0.2
+    warp = GuideWarp()
+    moved = F.grid_sample(guide, warp(torch.rand(3, 256, 2) * 1.6 - 0.8).reshape(3, 16, 16, 2), align_corners=False)
+    sr = up + M.conv_chain(stacked, "sr", up[:, None])[:, 0]
+    loss_sr = masked_l1(sr, father, mask)
+    loss_full = masked_l1(sr.detach() + M.conv_chain(stacked, "g", moved)[:, 0], father, mask)
+    for i in range(3):
+        ref_sr, ref_full = _reference_losses(ws[i], up[i], father[i], mask[i], moved[i].detach())
+        torch.testing.assert_close(loss_sr[i], ref_sr, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(loss_full[i], ref_full, atol=1e-6, rtol=1e-5)
+    loss_full.sum().backward(retain_graph=True)
+    assert all(stacked[k].grad is None for k in stacked if k.startswith("sr."))
+    assert all(float(stacked[k].grad.abs().sum()) > 0 for k in stacked if k.startswith("g."))
+    assert warp.affine.grad is not None and float(warp.affine.grad.abs().sum()) > 0
+    for v in stacked.values():
+        v.grad = None
+    loss_sr[1].backward()
+    g = stacked["sr.0"].grad
+    assert g is not None and float(g[1].abs().sum()) > 0 and not g[0].any() and not g[2].any()
+    assert all(stacked[k].grad is None for k in stacked if k.startswith("g."))
+
+
+@pytest.mark.slow
+def test_end_to_end_real_pair_beats_bicubic(shared_data) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 
-    d = DATA / "ulb17vt_thermal_x4"
-    lr = np.asarray(Image.open(d / "036_lr.png"), dtype=np.float32)
-    gt = np.asarray(Image.open(d / "036_gt.png"), dtype=np.float32)
-    rgb = np.asarray(Image.open(d / "036_guide.png"), dtype=np.float32)[..., :3]
-    lr, gt = (lr[..., 0] if lr.ndim == 3 else lr), (gt[..., 0] if gt.ndim == 3 else gt)
+    d = shared_data / "pairs" / "ulb17vt_thermal_x4"
+    lr = np.asarray(Image.open(d / "036_lr.png").convert("L"), dtype=np.float32)
+    gt = np.asarray(Image.open(d / "036_gt.png").convert("L"), dtype=np.float32)
+    rgb = np.asarray(Image.open(d / "036_guide.png").convert("RGB"), dtype=np.float32)
     lr_t = torch.from_numpy(lr / 255.0)
     guide = torch.from_numpy(rgb / 255.0).permute(2, 0, 1).contiguous()
-    cfg = dataclasses.replace(CMSRConfig.paper(), gradual=False, max_iters=30, self_ensemble=False)
-    out = super_resolve_normalized(lr_t, guide, torch.ones_like(lr_t, dtype=torch.bool), 4, cfg, seed=0)
-    bicubic = upsample_torch(lr_t, 4).numpy()
-    assert _psnr_u8(out.image.numpy(), gt) > _psnr_u8(bicubic, gt) + 0.3
+    cfg = CMSRConfig.paper().replace(gradual=False, max_iters=30, self_ensemble=False)
+    out = _one(lr_t, guide, torch.ones_like(lr_t, dtype=torch.bool), 4, cfg)
+
+    def psnr(x: np.ndarray) -> float:
+        return float(10 * np.log10(255.0**2 / np.mean((np.clip(np.round(x * 255.0), 0, 255) - gt) ** 2)))
+
+    assert psnr(out.image.numpy()) > psnr(upsample_torch(lr_t, 4).numpy()) + 0.3
 
 
-def test_warp_prealign_moves_the_affine_only_and_batches_identically() -> None:
-    """``warp_prealign_iters`` registers the affine before training, and ``cmsr.batched`` does the same."""
-    from cmsr.batched import train_tiles
-
-    torch.set_num_threads(1)
-    cfg = TINY.replace(warp_prealign_iters=5, max_iters=4, warp_warmup_iters=100, self_ensemble=False)
-    pairs = [_scene(12, 14, 4, seed=i) for i in range(2)]
-    valids = [torch.ones(12, 14, dtype=torch.bool) for _ in pairs]
-    seq = [super_resolve_normalized(lr, g, v, 4, cfg, seed=i) for i, ((lr, g), v) in enumerate(zip(pairs, valids))]
-    assert all(o.stats["mean_warp_px"] > 0 for o in seq)  # frozen in training: the move is the prealignment's
-    got = train_tiles([p[0] for p in pairs], [p[1] for p in pairs], valids, 4, cfg, seeds=[0, 1])
-    for a, b in zip(seq, got):
-        torch.testing.assert_close(b.image, a.image, atol=2e-5, rtol=0)
-        np.testing.assert_allclose(b.displacement, a.displacement, atol=1e-4)
-    assert CMSRConfig.paper().warp_prealign_iters == 0
-
-
-def test_frozen_pre_registered_warp_is_kept_or_dropped_by_its_size() -> None:
-    """``make_warp``: a guide shifted by 6 HR px keeps its registration (about that size), a guide that
-    is already registered is reset to the exact identity; with ``warp_learn=False`` training leaves
-    the warp as registered, and the batched trainer does the same."""
-    from cmsr.batched import train_tiles
-    from cmsr.train import make_warp
-
+def test_registration_is_kept_or_dropped_by_its_size_and_frozen_in_training() -> None:
+    """A guide shifted by 6 HR px keeps its registration (about that size), an already registered guide
+    is used as given; without a learned warp the registration is all the geometry training sees, and
+    the paper's learned levels are not built."""
     torch.set_num_threads(1)
     lr, guide = _scene(20, 24, 4, seed=3)
     valid = torch.ones_like(lr, dtype=torch.bool)
-    cfg = TINY.replace(warp_prealign_iters=60, warp_learn=False, warp_min_registration_px=0.5, max_iters=4,
-                       self_ensemble=False)
-    same = make_warp(guide, lr, valid, 4, cfg)
-    assert same.is_identity()
+    reg = Registration(search_px=4, descent_iters=60, min_px=0.5)
+    assert register(guide, lr, valid, 4, reg) is None
     shifted = torch.roll(guide, shifts=6, dims=-1)
-    moved = make_warp(shifted, lr, valid, 4, cfg)
-    assert not moved.is_identity() and 3.0 < moved.mean_displacement_px(80, 96) < 9.0
-    before = moved.displacement_px(80, 96)
-    out = super_resolve_normalized(lr, shifted, valid, 4, cfg, seed=0)
-    np.testing.assert_allclose(out.displacement, before, atol=1e-6)  # not trained after registration
-    got = train_tiles([lr, lr], [shifted, guide], [valid, valid], 4, cfg, seeds=[0, 1])
-    np.testing.assert_allclose(got[0].displacement, before, atol=1e-6)
-    assert not got[1].displacement.any()
-    torch.testing.assert_close(got[0].image, out.image, atol=2e-5, rtol=0)
+    affine = register(shifted, lr, valid, 4, reg)
+    assert affine is not None
+    warp = AffineWarp(affine)
+    from cmsr.warp import displacement_px, mean_displacement_px
+
+    assert 3.0 < mean_displacement_px(warp, 80, 96) < 9.0
+    cfg = TINY.replace(registration=reg, warp=None, max_iters=4, self_ensemble=False)
+    got = train([lr, lr], [shifted, guide], [valid, valid], 4, cfg, seeds=[0, 1])
+    np.testing.assert_allclose(got[0].displacement, displacement_px(warp, 80, 96), atol=1e-6)
+    assert got[1].displacement is None and got[1].stats["mean_warp_px"] == 0.0 and not got[1].stats["use_warp"]
+    learned = train([lr], [shifted], [valid], 4, cfg.replace(warp=LearnedWarp(warmup_iters=100)), seeds=[0])[0]
+    np.testing.assert_allclose(learned.displacement, displacement_px(warp, 80, 96), atol=1e-5)  # warm-up: frozen
 
 
-@pytest.mark.parametrize("gate", [dict(guide_gate=(0.2, 0.6)),
-                                  dict(guide_gate=CMSRConfig.best().guide_gate,
-                                       guide_gate_pool=CMSRConfig.best().guide_gate_pool,
-                                       guide_gate_flat_var=CMSRConfig.best().guide_gate_flat_var)],
-                         ids=["mean-pool", "as-in-best"])
-def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target(gate: dict) -> None:
-    """``guide_gate``: where the LR is flat under a textured guide the output is the network's own
-    without the guide; where the guide explains the LR the guide's contribution is kept."""
-    from cmsr import model as M
+@pytest.mark.parametrize("gate", [Gate(0.2, 0.6), CMSRConfig.best().guide_gate], ids=["mean-pool", "as-in-best"])
+def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target(gate: Gate) -> None:
+    """Where the LR is flat under a textured guide the output is the network's own without the guide;
+    where the guide explains the LR the guide's contribution is kept."""
     from cmsr.baselines import guide_confidence
-    from cmsr.train import _Guide, infer_stage
 
     torch.set_num_threads(1)
     lr, guide = _scene(16, 20, 4, seed=5)
     lr = lr.clone()
     lr[:, :8] = 0.5  # flat left part of the target...
-    gen = torch.Generator().manual_seed(7)
     guide = guide.clone()
-    guide[:, :, :32] = torch.rand(3, 64, 32, generator=gen)  # ...under foreign texture in the guide
+    guide[:, :, :32] = torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(7))  # ...under foreign texture
     params = M.init_params(3, sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, seed=0)
     for k in ("g.0", "g.1", "g.2"):  # a guide branch that clearly moves the output
         params[k] = params[k] * 30.0
-    cfg = TINY.replace(sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, self_ensemble=False, guide_gate=None)
-    gd = _Guide(guide, tuple(lr.shape), None, "point")
-    plain = infer_stage(params, lr, gd, 4, cfg, "bp")
-    gated = infer_stage(params, lr, gd, 4, cfg.replace(**gate), "bp")
-    own = infer_stage({k: v for k, v in params.items() if k.startswith("sr.")}, lr, None, 4, cfg, "bp")
-    conf = guide_confidence(lr, guide, 4, gate["guide_gate"], pool=gate.get("guide_gate_pool", "mean"),
-                            flat_guide_var=gate.get("guide_gate_flat_var", 0.0))
+    cfg = TINY.replace(self_ensemble=False, guide_gate=None)
+    tile_guide = TileGuide(guide, tuple(lr.shape), None, "point")
+    plain = infer_stage(params, lr, tile_guide, 4, cfg, BACK_PROJECTED)
+    gated = infer_stage(params, lr, tile_guide, 4, cfg.replace(guide_gate=gate), BACK_PROJECTED)
+    own = infer_stage({k: v for k, v in params.items() if k.startswith("sr.")}, lr, None, 4, cfg, BACK_PROJECTED)
+    conf = guide_confidence(lr, guide, 4, gate)
     assert float(conf[:, :12].max()) == 0.0 and float(conf[:, 52:].mean()) > 0.9
     flat = (slice(4, -4), slice(0, 12))
     d_plain, d_gated = float((plain - own)[flat].abs().mean()), float((gated - own)[flat].abs().mean())

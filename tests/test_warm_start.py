@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cmsr.config import CMSRConfig
-from cmsr.warm_start import WarmStartConfig, finetune_config, pick_representatives, pretrain, warm_start_tiles
-
-from test_batched import _tiles  # real dev-pair crops
+from cmsr.train import train
+from cmsr.warm_start import WarmStartConfig, finetune_config, pick_representatives, pretrain
+from dev_tiles import dev_tiles
 
 
 def test_finetune_config() -> None:
@@ -36,15 +36,15 @@ def test_pick_representatives() -> None:
 
 
 @pytest.mark.slow
-def test_tiles_start_from_the_warm_start_and_warp_from_identity() -> None:
+def test_tiles_start_from_the_warm_start_and_warp_from_identity(shared_data) -> None:  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
-    lrs, guides, valids = _tiles(3, side=12)
+    lrs, guides, valids = dev_tiles(shared_data, 3, side=12)
     cfg = CMSRConfig.paper().replace(max_iters=8, min_iters=4, crop_size=16, run_test_every=2)
     warm = WarmStartConfig(representatives=2, finetune_iters=3, finetune_learning_rate=0.0)
     state = pretrain(lrs, guides, valids, 4, cfg, seed=0, warm=warm)
     assert set(state) == {f"sr.{i}" for i in range(8)} | {f"g.{i}" for i in range(4)}
-    state2, outs = warm_start_tiles(lrs, guides, valids, 4, cfg, seeds=[5, 6, 7], warm=warm, state=state)
-    assert state2 is state and len(outs) == 3
+    outs = train(lrs, guides, valids, 4, finetune_config(cfg, warm), seeds=[5, 6, 7], init_state=state)
+    assert len(outs) == 3
     for o in outs:
         # zero fine-tune lr: every tile's networks are exactly the warm start, its warp the identity
         assert o.weights is not None
