@@ -13,7 +13,7 @@ the measured deviations (benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Union
 
 Degradation = Literal["bicubic", "area"]

@@ -36,21 +36,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from . import model as M
-from .augment import Augmentation, extract, sample_augmentation, source_scale
-from .bases import choose_base, make_base, make_bases
+from .augment import sample_augmentation
+from .bases import choose_base
+from .losses import batch_losses, reconstruction_check, reconstruction_errors
 from .config import CMSRConfig, FixedBase, LearnedWarp
 from .guide import TileGuide
 from .infer import infer_stage
 from .optim import LearningRatePolicy, PackedAdam
 from .registration import register
-from .resize import degrade_torch, imresize_torch
 from .runtime import AmpChoice, DevicePolicy, device_policy
-from .warp import AffineWarp, GuideWarp, displacement_px, pixel_centers
+from .warp import AffineWarp, GuideWarp, displacement_px
 
 ProgressFn = Callable[[int, int, float, float], None]
 """Called with (tile position, iteration, reconstruction error, lr) at every reconstruction check
@@ -172,7 +171,7 @@ class _Tile:
         self.policy = LearningRatePolicy(config)
 
 
-class _BatchWarp:
+class BatchWarp:
     """The warps of a batch's tiles as one vmapped computation: learned (packed with Adam) or frozen."""
 
     def __init__(self, modules: list[nn.Module], learned: LearnedWarp | None, policy: DevicePolicy) -> None:
@@ -214,42 +213,12 @@ class _BatchWarp:
                 p.copy_(views[name][i])
 
 
-def _batch_warp(tiles: list[_Tile], config: CMSRConfig, policy: DevicePolicy) -> _BatchWarp | None:
+def _batch_warp(tiles: list[_Tile], config: CMSRConfig, policy: DevicePolicy) -> BatchWarp | None:
     """None when no tile's guide moves (then no warp is evaluated at all)."""
     if all(t.warp is None for t in tiles):
         return None
     modules = [t.warp if t.warp is not None else AffineWarp().to(policy.device) for t in tiles]
-    return _BatchWarp(modules, config.warp, policy)
-
-
-@dataclass
-class _Check:
-    """The reconstruction check of a batch at one stage: the net on ``degrade(LR)`` vs the LR."""
-
-    up: torch.Tensor  # (K, 1, hc, wc) base of the degraded LR
-    target: torch.Tensor  # (K, hc, wc)
-    mask: torch.Tensor  # (K, hc, wc) bool
-    points: torch.Tensor  # (1, hc * wc, 2) normalised LR pixel centres
-
-
-def _reconstruction_check(tiles: list[_Tile], bases: list[FixedBase], factor: int, config: CMSRConfig) -> _Check:
-    ups, targets, masks = [], [], []
-    h, w = tiles[0].lr.shape
-    hc, wc = min(max(factor, (h // factor) * factor), h), min(max(factor, (w // factor) * factor), w)
-    exact = hc % factor == 0 and wc % factor == 0
-    for t, base in zip(tiles, bases):
-        target = t.lr[:hc, :wc]
-        if exact:
-            son = degrade_torch(target, factor, config.degradation)
-            guide = t.guide.at_lr_centres()[:, :hc, :wc] if t.guide is not None else None
-            up = make_base(son, factor, base, guide, config.degradation)
-        else:
-            up = imresize_torch(imresize_torch(target, 1.0 / factor), float(factor), output_shape=(hc, wc))
-        ups.append(up)
-        targets.append(target)
-        masks.append(t.valid[:hc, :wc])
-    points = pixel_centers(h, w, tiles[0].lr.device)[:hc, :wc].reshape(1, -1, 2)
-    return _Check(torch.stack(ups)[:, None], torch.stack(targets), torch.stack(masks), points)
+    return BatchWarp(modules, config.warp, policy)
 
 
 def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], valids: list[torch.Tensor], scale: int,
@@ -285,7 +254,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
         if not bases:  # each tile's base, decided once before training (warp as registered)
             bases = [choose_base(t.lr, t.valid, config.base, t.guide.at_lr_centres() if t.guide else None,
                                  config.degradation) for t in tiles]
-        check = _reconstruction_check(tiles, bases, factor, config)
+        check = reconstruction_check(tiles, bases, factor, config)
         sources = [(base, torch.stack([torch.stack([t.sources[j][1], t.sources[j][2].to(torch.float32)])
                                        for t in tiles]))
                    for j, (base, _, _) in enumerate(tiles[0].sources)]
@@ -297,7 +266,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             augs = {p: sample_augmentation(tiles[p].rng, [tuple(s[1].shape) for s in tiles[p].sources],
                                            [s[0] for s in tiles[p].sources], factor, config) for p in active}
             warp_on = [p for p in active if learned and tiles[p].iterations + it >= config.warp.warmup_iters]  # type: ignore[union-attr]
-            total = _losses(augs, sources, net, warp, guide_stack, factor, config, policy, last_loss, bases,
+            total = batch_losses(augs, sources, net, warp, guide_stack, factor, config, policy, last_loss, bases,
                             bool(warp_on))
             net.zero_grad()
             if learned:
@@ -309,7 +278,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             for p in active:
                 stage_iters[p] = it + 1
             if it % config.run_test_every == 0:
-                errors = _reconstruction_errors(active, net, warp, check, guide_stack, policy)
+                errors = reconstruction_errors(active, net, warp, check, guide_stack, policy)
                 for p, e in zip(active, errors):
                     tiles[p].policy.record(it, e)
                     if progress is not None:
@@ -352,106 +321,3 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
         outs.append(TrainOutput(image=t.sources[-1][1].detach().float().cpu(), stats=stats, displacement=disp,
                                 weights={k: v.detach().cpu().clone() for k, v in net.tile(p).items()}))
     return outs
-
-
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-tile mean |pred - target| over the mask: (K, H, W) -> (K,) (invalid pixels count nowhere)."""
-    m = mask.to(pred.dtype)
-    return ((pred - target).abs() * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1.0)
-
-
-def _losses(augs: dict[int, Augmentation], sources: list[tuple[int, torch.Tensor]], net: PackedAdam,
-            warp: _BatchWarp | None, guide_stack: Callable[[int], torch.Tensor], factor: int, config: CMSRConfig,
-            policy: DevicePolicy, last_loss: torch.Tensor, bases: list[FixedBase], warp_grad: bool) -> torch.Tensor:
-    """Sum over the active tiles of (loss_sr + loss_full) for this iteration's fathers.
-
-    Fathers of one crop side are computed together (their sources may differ: each is gathered from
-    its own stacked source); ``last_loss`` receives each tile's loss_full (loss_sr without a guide).
-    """
-    dev = policy.device
-    groups: dict[tuple[int, int], list[int]] = {}
-    for p, a in augs.items():
-        groups.setdefault((a.coords.shape[0], a.source_index), []).append(p)
-    by_side: dict[int, list[tuple[int, list[int]]]] = {}
-    for (side, src_i), ps in sorted(groups.items()):
-        by_side.setdefault(side, []).append((src_i, ps))
-    total = torch.zeros((), device=dev)
-    for side, parts in by_side.items():
-        order: list[int] = []
-        fathers, masks, points, source_of = [], [], [], []
-        for src_i, ps in parts:
-            src_factor, stack = sources[src_i]
-            src = stack.index_select(0, policy.to_device(np.asarray(ps), torch.long))  # (n, 2, H, W)
-            hs, ws = src.shape[-2:]
-            coords = policy.to_device(np.stack([augs[p].coords for p in ps]))  # (n, s, s, 2) x, y
-            f, m = extract(src, coords, [augs[p].interpolate for p in ps], policy)
-            fathers.append(f)
-            masks.append(m)
-            points.append((coords + 0.5) * source_scale(int(hs), int(ws), dev) - 1.0)
-            source_of.append((src_factor, len(ps)))
-            order += ps
-        father, mask = torch.cat(fathers), torch.cat(masks)
-        n = len(order)
-        idx = None if order == list(range(net.data.shape[0])) else policy.to_device(np.asarray(order), torch.long)
-        son = degrade_torch(father, factor, config.degradation)  # type: ignore[arg-type]
-        weights = net.views(net.rows(idx))
-        guide_crop = None
-        if M.has_guide_branch(weights):
-            pts = torch.cat(points).reshape(n, -1, 2)
-            if warp is not None:
-                with torch.set_grad_enabled(warp_grad):
-                    pts = warp(idx, pts)
-            crops, start = [], 0
-            for src_factor, count in source_of:
-                image = guide_stack(src_factor)
-                sel = policy.to_device(np.asarray(order[start:start + count]), torch.long)
-                g = F.grid_sample(image.index_select(0, sel), pts[start:start + count].unsqueeze(1).to(image.dtype),
-                                  mode="bilinear", padding_mode="border", align_corners=False)
-                crops.append(g.reshape(count, image.shape[1], side, side))
-                start += count
-            guide_crop = torch.cat(crops)
-        up = make_bases(son, factor, [bases[p] for p in order], guide_crop, config.degradation)
-        with policy.autocast():
-            residual = M.conv_chain(weights, "sr", up[:, None], policy.channels_last)
-        sr_out = up + residual[:, 0].float()
-        loss_sr = masked_l1(sr_out, father, mask)
-        loss = loss_sr
-        if guide_crop is not None:
-            with policy.autocast():
-                guide_residual = M.conv_chain(weights, "g", guide_crop, policy.channels_last)
-            loss_full = masked_l1(sr_out.detach() + guide_residual[:, 0].float(), father, mask)
-            total = total + loss_full.sum()
-            loss = loss_full
-        total = total + loss_sr.sum()
-        last_loss.index_copy_(0, idx if idx is not None else policy.to_device(np.asarray(order), torch.long),
-                              loss.detach())
-    return total
-
-
-@torch.no_grad()
-def _reconstruction_errors(active: list[int], net: PackedAdam, warp: _BatchWarp | None, check: _Check,
-                           guide_stack: Callable[[int], torch.Tensor], policy: DevicePolicy) -> list[float]:
-    """ZSSR's reconstruction error (MSE of the net on the degraded LR) of each active tile: one sync."""
-    k_tiles = check.up.shape[0]
-    idx = None if len(active) == k_tiles else policy.to_device(np.asarray(active), torch.long)
-    pick = (lambda x: x) if idx is None else (lambda x: x.index_select(0, idx))
-    up = pick(check.up)
-    weights = net.views(net.rows(idx))
-    n = up.shape[0]
-    hc, wc = up.shape[-2:]
-    with policy.autocast():
-        residual = M.conv_chain(weights, "sr", up, policy.channels_last)
-    out = up[:, 0] + residual[:, 0].float()
-    if M.has_guide_branch(weights):
-        pts = check.points.expand(n, -1, -1)
-        if warp is not None:
-            pts = warp(idx, pts)
-        image = pick(guide_stack(1))
-        g = F.grid_sample(image, pts.unsqueeze(1).to(image.dtype), mode="bilinear", padding_mode="border",
-                          align_corners=False).reshape(n, image.shape[1], hc, wc)
-        with policy.autocast():
-            guide_residual = M.conv_chain(weights, "g", g, policy.channels_last)
-        out = out + guide_residual[:, 0].float()
-    mask = pick(check.mask).to(out.dtype)
-    err = (((out - pick(check.target)) ** 2) * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1.0)
-    return err.cpu().tolist()

@@ -18,7 +18,8 @@ from cmsr.infer import infer_stage
 from cmsr.registration import register
 from cmsr.resize import degrade_torch, upsample_torch
 from cmsr.runtime import device_policy
-from cmsr.train import masked_l1, train
+from cmsr.losses import masked_l1
+from cmsr.train import train
 from cmsr.warp import AffineWarp, GuideWarp
 from dev_tiles import dev_tiles
 
