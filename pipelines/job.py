@@ -481,7 +481,7 @@ def _write_skipped(job: Job, index: int) -> TileResult:
 
 
 def _batched_core(job: Job, tile_fn: tilefn.TileFn | None) -> bool:
-    """Method ``cmsr`` with the core's own tile function: trained through ``cmsr.batched``
+    """Method ``cmsr`` with the core's own tile function: trained through ``cmsr.run_many``
     (one code path whether a call brings one tile or many, warm-started or not)."""
     return tile_fn is None and not job.config.tile_fn and job.config.method == "cmsr"
 
@@ -527,13 +527,14 @@ def pretrain_survey(job_path: str, candidates: int = 16) -> list[str]:
 
 
 def _run_core_batch(job: Job, indices: list[int]) -> list[TileResult]:
-    """Tiles ``indices`` (none reused or skipped) trained together with ``cmsr.batched.run_batch``.
+    """Tiles ``indices`` (none reused or skipped) trained together with ``cmsr.run_many``.
 
     Seeds are ``seed + index`` as in ``run_tile``; batched training equals one-at-a-time training
-    within float tolerance (tests/test_batched.py). With a warm start each tile starts from the
+    within float tolerance (tests/test_train.py, batch invariance). With a warm start each tile starts from the
     survey's weights with the fine-tune budget, its warp from the identity.
     """
-    from cmsr import batched, warm_start
+    import cmsr
+    from cmsr import warm_start
 
     cfg = tilefn.cmsr_config(job.config)
     states: list[Any] = [None] * len(job.target_bands)
@@ -552,7 +553,7 @@ def _run_core_batch(job: Job, indices: list[int]) -> list[TileResult]:
     fn_seconds = 0.0
     for b in range(len(job.target_bands)):
         tf = time.perf_counter()
-        res = batched.run_batch(
+        res = cmsr.run_many(
             [inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, cfg,
             seeds=[job.config.seed + i for i in indices], device=job.config.device,
             target_range=job.target_range[b], guide_range=guide_range, init_state=states[b],
@@ -569,10 +570,10 @@ def _run_core_batch(job: Job, indices: list[int]) -> list[TileResult]:
 def _batch_size(job: Job) -> int:
     if job.config.batch_tiles:
         return job.config.batch_tiles
-    from cmsr import batched
+    import cmsr
 
     spec = job.plan.tiles[0]
-    return batched.choose_batch_size((spec.read.height, spec.read.width), tilefn.cmsr_config(job.config),
+    return cmsr.choose_batch_size((spec.read.height, spec.read.width), tilefn.cmsr_config(job.config),
                                      job.config.device, guide_channels=len(job.guide_bands), scale=job.plan.scale)
 
 

@@ -259,7 +259,7 @@ def test_warm_start_job_pretrains_once_and_fine_tunes_every_tile(tmp_path):
     (short budget, its own warp), the LR values still kept; a resumed run reuses the weights."""
     l8 = DATA.parent / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
     cfg = JobConfig(method="cmsr", preset="fast", tile_size=32, halo=8, quicklook=False, warm_start=True,
-                    cmsr_overrides=TINY + (("use_warp", True),))
+                    cmsr_overrides=TINY)
     o = pipelines.superresolve(f"{l8}B8.TIF", f"{l8}B10.TIF", str(tmp_path / "w.tif"), cfg)
     job = pipelines.load_job(str(tmp_path / "w.tif.work" / "job.json"))
     (weights,) = pipelines.warm_start_paths(job)
