@@ -37,21 +37,13 @@ OFFLINE_ENV: dict[str, str] = {
     "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
 }
 
-#: Console log level of Prefect's own handler for the ``cmsr`` command (the API still gets
-#: INFO, so a Prefect UI shows the full run log); ``--verbose`` lifts it.
-CONSOLE_ENV: dict[str, str] = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
-
-
-def configure_environment(console_quiet: bool = False) -> None:
-    """Apply :data:`OFFLINE_ENV` (and, for the CLI, :data:`CONSOLE_ENV`) as defaults.
+def configure_environment() -> None:
+    """Apply :data:`OFFLINE_ENV` as defaults.
 
     Call before the first ``import prefect`` in the process; child processes (Dask workers,
     the temporary API server) inherit the environment."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
-    if console_quiet:
-        for k, v in CONSOLE_ENV.items():
-            os.environ.setdefault(k, v)
 
 
 def worker_environment() -> dict[str, str]:
@@ -189,4 +181,4 @@ def flush_prefect(timeout: float = 10.0) -> None:
     t.join(timeout + 1.0)
 
 
-__all__ = ["OFFLINE_ENV", "CONSOLE_ENV", "configure_environment", "worker_environment", "prefect_api", "PrefectAPI", "flush_prefect"]
+__all__ = ["OFFLINE_ENV", "configure_environment", "worker_environment", "prefect_api", "PrefectAPI", "flush_prefect"]

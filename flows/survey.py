@@ -15,7 +15,6 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .engine import configure_environment
 
@@ -198,18 +197,6 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     return summary
 
 
-@flow(name="scan-surveys", persist_result=False, validate_parameters=False)
-def scan_surveys(root: str, defaults: dict | None = None, engine: dict | None = None) -> list[dict]:
-    """Process every survey folder under ``root`` without an up-to-date output (``flows.watch``)."""
-    from .watch import process_pending
-
-    rows = process_pending(root, dict(defaults or {}), dict(engine or {}))
-    logger = get_run_logger()
-    for r in rows:
-        (logger.warning if r["status"] == "failed" else logger.info)(f"{r['status']}: {r['survey']}")
-    return rows
-
-
 # ------------------------------------------------------------------------------------ driver
 
 
@@ -261,11 +248,6 @@ def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
                      return_state=True)
 
 
-def state_summary(state) -> dict[str, Any]:
-    """The flow's summary dict from a Completed state; raises the flow's error otherwise."""
-    return state.result(raise_on_failure=True)
-
-
-__all__ = ["superresolve_survey", "scan_surveys", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
-           "prepare_job", "tile_task", "finish_job", "state_summary", "tile_count_hint"]
+__all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
+           "prepare_job", "tile_task", "finish_job", "tile_count_hint"]
 

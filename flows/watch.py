@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .survey import RunOptions, run_survey, superresolve_survey  # first: it configures Prefect's environment
+
+from prefect import flow, get_run_logger  # noqa: E402
+
 RGB_WORDS = ("rgb", "ortho", "visible", "optical")
 TARGET_WORDS = ("thermal", "tir", "lwir", "nir", "temp")
 OUTPUT_DIR = "cmsr"
@@ -110,7 +114,6 @@ def process_pending(root: str, defaults: dict[str, Any], engine: dict[str, Any])
     import pipelines
 
     from .cluster import ClusterSpec
-    from .survey import RunOptions, run_survey
 
     done = []
     for s in discover(root):
@@ -134,6 +137,17 @@ def process_pending(root: str, defaults: dict[str, Any], engine: dict[str, Any])
     return done
 
 
+@flow(name="scan-surveys", persist_result=False, validate_parameters=False)
+def scan_surveys(root: str, defaults: dict | None = None, engine: dict | None = None) -> list[dict]:
+    """Process every survey folder under ``root`` without an up-to-date output (``flows.watch``)."""
+    rows = process_pending(root, dict(defaults or {}), dict(engine or {}))
+    logger = get_run_logger()
+    for r in rows:
+        (logger.warning if r["status"] == "failed" else logger.info)(f"{r['status']}: {r['survey']}")
+    return rows
+
+
+
 def serve(root: str, defaults: dict[str, Any], engine: dict[str, Any], *, cron: str | None, interval: float,
           name: str) -> None:
     """Serve two deployments until interrupted: ``scan-surveys/<name>`` on the schedule, and
@@ -142,14 +156,13 @@ def serve(root: str, defaults: dict[str, Any], engine: dict[str, Any], *, cron: 
     from prefect.types.entrypoint import EntrypointType
 
     from .engine import prefect_api
-    from .survey import scan_surveys, superresolve_survey
 
     with prefect_api(services=True) as api:
         api.wait()
         scan = scan_surveys
         params = {"root": os.path.abspath(root), "defaults": defaults, "engine": engine}
         sched = {"cron": cron} if cron else {"interval": interval}
-        # module-path entry points ("flows.survey.scan_surveys"): the runner's subprocess then
+        # module-path entry points ("flows.watch.scan_surveys"): the runner's subprocess then
         # imports the package module, so the tasks it sends to Dask workers unpickle there
         by_module = EntrypointType.MODULE_PATH
         prefect_serve(
