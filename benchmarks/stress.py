@@ -1,13 +1,13 @@
 """Stress benchmarks of the CMSR core on the real dev pairs (a script, not a test).
 
 1. misalignment: the guide is rotated by 2-4 degrees about its centre and shifted by 4-8 px
-   (HR pixels, drawn per scene from the seed). CMSR with its internal transformer must beat the
-   same run with ``use_warp=False`` by >= 0.5 dB, and the learned displacement must match the known
-   one to within 1 HR pixel on average (over the interior, 16 px from the border and wherever the
-   known inverse map stays inside the guide). "Known" is the added misalignment composed with the
-   pair's own registration as the method's pre-registration finds it on the unmodified guide
-   (:func:`added_displacement`; zero without pre-registration); the naive error against the added
-   misalignment alone is reported too.
+   (HR pixels, drawn per scene from the seed). CMSR with the preset's geometry (registration
+   and/or learned warp) must beat the same run with ``cfg.without_warp()`` by >= 0.5 dB, and its
+   displacement must match the known one to within 1 HR pixel on average (over the interior, 16
+   px from the border and wherever the known inverse map stays inside the guide). "Known" is the
+   added misalignment composed with the pair's own registration as the method's registration
+   finds it on the unmodified guide (:func:`added_displacement`; zero without registration); the
+   naive error against the added misalignment alone is reported too.
 2. conservativeness: a foreign object (a patch of another scene's guide) is pasted into the guide
    only. Inside that region the output must stay within 0.5 dB of bicubic: no RGB-only content may
    be transferred into the target. The margin without the region's outer 4 px is reported beside
@@ -16,6 +16,13 @@
 Prints a table and writes ``benchmarks/out/stress.csv`` and ``stress.json``. Example:
 
     python benchmarks/stress.py --preset fast --dataset epfl_rgbnir_x4 --scenes 1
+
+``--set FIELD=JSON`` overrides a :class:`CMSRConfig` field: a top-level one with its JSON value
+(lists become tuples), a group (``guide``, ``registration``, ``warp``, ``guide_gate``,
+``sampling``) with ``null`` (None: the part is off) or an object of the group's fields (applied to
+the preset's group, or to the group's defaults where the preset has None), e.g.
+``--set registration=null`` or ``--set 'warp={"lr_ratio_affine": 10}'``. ``base`` and nested
+groups (a gate inside a guided base) are not settable here: choose a preset.
 """
 
 from __future__ import annotations
@@ -36,14 +43,20 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cmsr.config import DEFAULT_PRESET, CMSRConfig  # noqa: E402
+from cmsr.config import (DEFAULT_PRESET, CMSRConfig, FatherSampling, Gate, GuideBranch,  # noqa: E402
+                         LearnedWarp, Registration)
+from cmsr.registration import register  # noqa: E402
 from cmsr.resize import upsample_torch  # noqa: E402
-from cmsr.train import make_warp, super_resolve_normalized  # noqa: E402
+from cmsr.train import TrainOutput, train  # noqa: E402
+from cmsr.warp import AffineWarp, displacement_px  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pairs"
 SCALE = 4
 MARGIN = 16
 INTERIOR_BAND = 4
+GROUPS = {"guide": GuideBranch, "registration": Registration, "warp": LearnedWarp, "guide_gate": Gate,
+          "sampling": FatherSampling}
+"""The config fields ``--set`` treats as groups: ``null`` or an object of the group's fields."""
 
 
 def _read(path: Path) -> np.ndarray:
@@ -106,16 +119,45 @@ def added_displacement(angle_deg: float, shift_xy: tuple[float, float], own: np.
 
 
 def own_registration(lr: np.ndarray, guide: np.ndarray, config: CMSRConfig) -> np.ndarray:
-    """Displacement (H, W, 2) the method's pre-registration finds on the unmodified pair (zeros
-    without one). Only the pre-registration: valid as the reference when the warp is not trained
-    after it (``warp_learn=False``)."""
+    """Displacement (H, W, 2) the method's registration finds on the unmodified pair (zeros without
+    one, or when it stays below ``min_px``). Only the registration: valid as the reference when no
+    warp is learned after it (``config.warp is None``)."""
     h, w = guide.shape[:2]
-    if not (config.use_warp and config.warp_prealign_iters > 0):
+    if config.guide is None or config.registration is None:
         return np.zeros((h, w, 2), np.float32)
     lr_t = torch.from_numpy(lr)
     g_t = torch.from_numpy(np.ascontiguousarray(guide)).permute(2, 0, 1).contiguous()
-    warp = make_warp(g_t, lr_t, torch.ones_like(lr_t, dtype=torch.bool), SCALE, config)
-    return warp.displacement_px(h, w)
+    affine = register(g_t, lr_t, torch.ones_like(lr_t, dtype=torch.bool), SCALE, config.registration)
+    if affine is None:
+        return np.zeros((h, w, 2), np.float32)
+    return displacement_px(AffineWarp(affine), h, w)
+
+
+def displacement_of(out: TrainOutput, shape: tuple[int, int]) -> np.ndarray:
+    """The run's displacement (H, W, 2); zeros when it used the guide as given (None)."""
+    return np.zeros((*shape, 2), np.float32) if out.displacement is None else out.displacement
+
+
+def apply_overrides(cfg: CMSRConfig, items: list[str]) -> CMSRConfig:
+    """``--set FIELD=JSON`` overrides (see the module docstring)."""
+    fields = {f.name for f in dataclasses.fields(CMSRConfig)}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=JSON with FIELD one of {sorted(fields)}")
+        if key == "base":
+            raise SystemExit("--set base=...: bases are config objects; choose a preset instead")
+        value = json.loads(text)
+        if key in GROUPS:
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise SystemExit(f"--set {key}=...: a group takes null or a JSON object of its fields")
+                current = getattr(cfg, key)
+                value = dataclasses.replace(current, **value) if current is not None else GROUPS[key](**value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        cfg = cfg.replace(**{key: value})
+    return cfg
 
 
 def paste_object(guide: np.ndarray, donor: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -130,10 +172,10 @@ def paste_object(guide: np.ndarray, donor: np.ndarray, size: int, rng: np.random
     return out, (slice(y0, y0 + size), slice(x0, x0 + size))
 
 
-def run_cmsr(lr: np.ndarray, guide: np.ndarray, config: CMSRConfig, seed: int):
+def run_cmsr(lr: np.ndarray, guide: np.ndarray, config: CMSRConfig, seed: int) -> TrainOutput:
     lr_t = torch.from_numpy(lr)
     g_t = torch.from_numpy(np.ascontiguousarray(guide)).permute(2, 0, 1).contiguous()
-    return super_resolve_normalized(lr_t, g_t, torch.ones_like(lr_t, dtype=torch.bool), SCALE, config, seed=seed)
+    return train([lr_t], [g_t], [torch.ones_like(lr_t, dtype=torch.bool)], SCALE, config, seeds=[seed])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,17 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-iters", type=int, default=None, help="override iterations per stage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
-                    help="override a CMSRConfig field, e.g. --set lr_ratio_affine=10")
+                    help="override a CMSRConfig field: top-level (--set max_iters=100) or a group as "
+                         "null / a JSON object (--set registration=null, --set 'warp={\"tps_grid\": 6}')")
     ap.add_argument("--only", choices=("misalignment", "conservativeness"), default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = CMSRConfig.preset(args.preset)
     if args.max_iters:
-        cfg = dataclasses.replace(cfg, max_iters=args.max_iters)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        cfg = dataclasses.replace(cfg, **{key: json.loads(value)})
+        cfg = cfg.replace(max_iters=args.max_iters)
+    cfg = apply_overrides(cfg, args.set)
     rng = np.random.default_rng(args.seed)
     rows: list[dict] = []
     datasets = args.dataset or ["epfl_rgbnir_x4", "ulb17vt_thermal_x4"]
@@ -172,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 warped = run_cmsr(lr, moved, cfg, args.seed)
                 t1 = time.perf_counter()
-                plain = run_cmsr(lr, moved, dataclasses.replace(cfg, use_warp=False), args.seed)
+                plain = run_cmsr(lr, moved, cfg.without_warp(), args.seed)
                 inside = truth[..., 2] > 0
-                err = np.linalg.norm(warped.displacement - truth[..., :2], axis=-1)[inside]
+                disp = displacement_of(warped, guide.shape[:2])
+                err = np.linalg.norm(disp - truth[..., :2], axis=-1)[inside]
                 own = own_registration(lr, guide, cfg)
                 truth_own = added_displacement(angle, shift, own)
-                err_own = np.linalg.norm(warped.displacement - truth_own, axis=-1)[inside]
+                err_own = np.linalg.norm(disp - truth_own, axis=-1)[inside]
                 own_px = float(np.linalg.norm(own, axis=-1)[inside].mean())
                 p_w, p_n = psnr_u8(warped.image.numpy(), gt), psnr_u8(plain.image.numpy(), gt)
                 rows.append({
@@ -187,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                     "disp_err_px": round(float(err.mean()), 3), "true_disp_px": round(float(np.linalg.norm(truth[..., :2], axis=-1)[inside].mean()), 3),
                     "own_registration_px": round(own_px, 3), "disp_err_vs_own_px": round(float(err_own.mean()), 3),
                     "pass": bool(p_w - p_n >= 0.5 and err_own.mean() <= 1.0), "seconds": round(t1 - t0, 1),
-                    "base": warped.stats.get("base"), "overrides": args.set,
+                    "base": warped.stats.get("base"), "use_warp": warped.stats.get("use_warp"),
+                    "mean_warp_px": round(float(warped.stats.get("mean_warp_px", 0.0)), 3), "overrides": args.set,
                 })
                 print(json.dumps(rows[-1]), flush=True)
             if args.only in (None, "conservativeness"):

@@ -9,8 +9,10 @@ Sub-commands (each prints a table and writes JSON/CSV under ``benchmarks/out/``)
 * ``warm`` -- survey warm start vs per-tile training from scratch on the dev pairs and on
   Sentinel-2 tiles: seconds per tile and PSNR.
 * ``grid`` -- tiles per minute and PSNR for {scratch, warm} x K in {1, 4, 16, 64} with
-  :func:`cmsr.batched.train_tiles` (small Sentinel-2 tiles and a reduced budget: the full grid at
+  :func:`cmsr.train.train` (small Sentinel-2 tiles and a reduced budget: the full grid at
   the paper preset would take hours on 2 shared cores; the flags say which).
+
+Every training goes through :func:`cmsr.train.train`, the one trainer (one tile is K = 1).
 
 Thread counts are set explicitly (``--threads``) and reported with every number.
 """
@@ -154,12 +156,12 @@ def _alloc_child(loop: str, iters: int) -> None:
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         blob = b"".join(p.detach().numpy().tobytes() for p in net.parameters())
     else:
-        from cmsr.train import super_resolve_normalized
+        from cmsr.train import train
 
         lr, g, _ = load_pair(pair_names()[0])
         cfg = CMSRConfig.paper().replace(max_iters=iters, min_iters=10 * iters, gradual=False, self_ensemble=False)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = super_resolve_normalized(lr, g, torch.ones_like(lr, dtype=torch.bool), 4, cfg, seed=0)
+        out = train([lr], [g], [torch.ones_like(lr, dtype=torch.bool)], 4, cfg, seeds=[0])[0]
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         blob = out.image.numpy().tobytes()
     print(json.dumps({"seconds": secs, "cpu_s": cpu, "checksum": hashlib.sha256(blob).hexdigest()[:16]}))
@@ -204,7 +206,7 @@ def cmd_allocator(args: argparse.Namespace) -> None:
 # --- one pair -----------------------------------------------------------------------------------
 def cmd_pair(args: argparse.Namespace) -> None:
     from cmsr.runtime import configure_allocator
-    from cmsr.train import super_resolve_normalized
+    from cmsr.train import train
 
     if args.allocator:
         configure_allocator()
@@ -215,7 +217,7 @@ def cmd_pair(args: argparse.Namespace) -> None:
         name = args.name
         lr, g, gt = load_pair(name)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = super_resolve_normalized(lr, g, torch.ones_like(lr, dtype=torch.bool), 4, cfg, seed=0)
+        out = train([lr], [g], [torch.ones_like(lr, dtype=torch.bool)], 4, cfg, seeds=[0])[0]
         secs = time.perf_counter() - t0
         cpu = time.process_time() - c0
         p = psnr(np.clip(out.image.numpy() * 255.0, 0, 255), gt)
@@ -230,8 +232,8 @@ def cmd_pair(args: argparse.Namespace) -> None:
 
 # --- warm start vs scratch ----------------------------------------------------------------------
 def cmd_warm(args: argparse.Namespace) -> None:
-    from cmsr.batched import train_tiles
     from cmsr.runtime import configure_allocator
+    from cmsr.train import train
     from cmsr.warm_start import WarmStartConfig, finetune_config, pick_representatives, pretrain
 
     configure_allocator()
@@ -269,14 +271,14 @@ def cmd_warm(args: argparse.Namespace) -> None:
     for i in evals:
         one = ([lrs[i]], [guides[i]], [valids[i]])
         t0, c0 = time.perf_counter(), time.process_time()
-        ws = train_tiles(*one, 4, ft, seeds=[i], init_state=state)[0]
+        ws = train(*one, 4, ft, seeds=[i], init_state=state)[0]
         t_w = time.perf_counter() - t0
         row = {"dataset": args.dataset, "tile": i, "threads": args.threads, "warm_s": t_w,
                "warm_cpu_s": time.process_time() - c0,
                "warm_iters": ws.stats["iterations"], "warm_psnr": score(ws.image, i)}
         if not args.skip_scratch:
             t0, c0 = time.perf_counter(), time.process_time()
-            sc = train_tiles(*one, 4, cfg, seeds=[i])[0]
+            sc = train(*one, 4, cfg, seeds=[i])[0]
             row.update(scratch_s=time.perf_counter() - t0, scratch_cpu_s=time.process_time() - c0,
                        scratch_iters=sc.stats["iterations"], scratch_psnr=score(sc.image, i))
             row["speedup"] = row["scratch_s"] / row["warm_s"]
@@ -299,8 +301,8 @@ def cmd_warm(args: argparse.Namespace) -> None:
 
 # --- the K grid ---------------------------------------------------------------------------------
 def cmd_grid(args: argparse.Namespace) -> None:
-    from cmsr.batched import train_tiles
     from cmsr.runtime import configure_allocator
+    from cmsr.train import train
     from cmsr.warm_start import WarmStartConfig, finetune_config, pretrain
 
     configure_allocator()
@@ -322,7 +324,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
             secs, cpus = [], []
             for _ in range(args.repeats):
                 t0, c0 = time.perf_counter(), time.process_time()
-                outs = train_tiles(lrs[:k], guides[:k], valids[:k], 4, c, seeds=list(range(k)), init_state=init)
+                outs = train(lrs[:k], guides[:k], valids[:k], 4, c, seeds=list(range(k)), init_state=init)
                 secs.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
             s = statistics.median(secs)
