@@ -36,10 +36,12 @@ class UserError(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """What counts as the user's bad input, by type: the core's and tiling's ``InvalidInput``, a
+    command-line problem, a missing or unreadable file."""
     from cmsr.errors import InvalidInput as CoreInvalid
     from tiling.errors import InvalidInput as TilingInvalid
 
-    return (CoreInvalid, TilingInvalid, UserError)
+    return (CoreInvalid, TilingInvalid, UserError, FileNotFoundError, PermissionError)
 
 
 def _error(message: str, code: int) -> typer.Exit:
@@ -48,22 +50,25 @@ def _error(message: str, code: int) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def _one_line_errors() -> Any:
-    """Bad input -> ``error: ...`` + exit 2; a failed job -> ``error: ...`` + exit 1."""
+def _one_line_errors(verbose: bool = False) -> Any:
+    """Bad input -> ``error: ...`` + exit 2; a failed job -> ``error: ...`` + exit 1; anything else
+    (an internal ``ValueError`` included) is a bug: exit 1, its traceback with ``--verbose``."""
     try:
         yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         raise _error("interrupted; finished tiles are kept, run the same command again to resume", 130) from None
-    except Exception as exc:  # noqa: BLE001 - classified below
-        if isinstance(exc, _bad_input_types()) or type(exc).__name__ == "InvalidInput":
-            raise _error(str(exc), 2) from None
-        if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)):
-            raise _error(str(exc), 2) from None
-        if type(exc).__name__ == "TileFailed":
+    except _bad_input_types() as exc:
+        raise _error(str(exc), 2) from None
+    except Exception as exc:  # noqa: BLE001 - a failed job, or a bug
+        survey = sys.modules.get("flows.survey")  # only a flow raises TileFailed; sr never imports Prefect
+        if survey is not None and isinstance(exc, survey.TileFailed):
             raise _error(str(exc), 1) from None
-        raise
+        if verbose:
+            raise
+        raise _error(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
+                     1) from None
 
 
 def _scale(value: str) -> Optional[int]:
@@ -260,7 +265,7 @@ def run(
 ) -> None:
     """Super-resolve one survey: TARGET onto RGB's grid, written as a COG with a JSON report and a quick-look PNG."""
     _verbose(verbose)
-    with _one_line_errors():
+    with _one_line_errors(verbose):
         config = _job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                              device=device, work_dir=work_dir, resume=resume, assume_crs=assume_crs,
                              min_valid=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start)
@@ -377,7 +382,7 @@ def demo(
 ) -> None:
     """Run the whole flow on the real sample bundled with cmsr (Sentinel-2 NIR 40 m -> 10 m, guided by RGB 10 m)."""
     _verbose(verbose)
-    with _one_line_errors():
+    with _one_line_errors(verbose):
         rgb, target, truth = SAMPLE_DIR / "rgb_10m.tif", SAMPLE_DIR / "nir_40m.tif", SAMPLE_DIR / "nir_10m_truth.tif"
         if not rgb.exists() or not target.exists():
             raise UserError(f"sample folder {SAMPLE_DIR}: the bundled sample is missing (reinstall cmsr)")
@@ -478,7 +483,7 @@ def serve(
 ) -> None:
     """Process every survey folder under --watch that has no up-to-date output, on a schedule (Prefect deployment)."""
     _verbose(verbose)
-    with _one_line_errors():
+    with _one_line_errors(verbose):
         from . import watch as watchmod
 
         if not watch.is_dir():

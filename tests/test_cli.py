@@ -89,3 +89,34 @@ def test_cli_help_is_fast_and_imports_no_engine():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_errors_are_classified_by_type_not_by_name(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Bad input (by type) is one line and exit 2; an internal ValueError, or a class that is merely
+    called InvalidInput, is a bug: exit 1 with a pointer to --verbose, which shows the traceback."""
+    import typer
+
+    import cmsr
+    import tiling.errors
+    from flows.cli import _one_line_errors
+
+    def code(exc: BaseException, verbose: bool = False) -> int:
+        with pytest.raises(typer.Exit) as caught:
+            with _one_line_errors(verbose):
+                raise exc
+        return caught.value.exit_code
+
+    assert code(cmsr.InvalidInput("a.tif: no CRS")) == 2
+    assert code(tiling.errors.InvalidInput("b.tif: empty")) == 2
+    assert code(FileNotFoundError("c.tif: no such file")) == 2
+    capsys.readouterr()
+    assert code(ValueError("shape mismatch")) == 1
+    assert "internal error: ValueError: shape mismatch (run with --verbose" in capsys.readouterr().err
+
+    class InvalidInput(Exception):  # same name, other meaning
+        pass
+
+    assert code(InvalidInput("x")) == 1
+    with pytest.raises(ValueError, match="shape mismatch"):
+        with _one_line_errors(verbose=True):
+            raise ValueError("shape mismatch")
