@@ -120,3 +120,18 @@ def test_errors_are_classified_by_type_not_by_name(capsys) -> None:  # type: ign
     with pytest.raises(ValueError, match="shape mismatch"):
         with _one_line_errors(verbose=True):
             raise ValueError("shape mismatch")
+
+
+def test_guide_and_target_bands_pick_bands_of_a_multiband_ortho(shared_data):  # type: ignore[no-untyped-def]
+    """A 6-band Landsat 7 ortho is refused as RGB with a message naming --guide-bands; with the bands
+    chosen (3,2,1 = red, green, blue) it plans; a malformed list is a one-line usage error."""
+    folder = shared_data / "geo" / "landsat7_olinda"
+    l7, dem = str(folder / "L7_ETMs.tif"), str(folder / "olinda_dem_utm25s.tif")
+    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--json"])
+    assert r.exit_code == 2 and "--guide-bands" in r.output
+    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--guide-bands", "3,2,1", "--target-bands", "1",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tiles"] >= 1
+    r = runner.invoke(app, ["plan", l7, dem, "--guide-bands", "red,green"])
+    assert r.exit_code == 2 and "comma-separated band numbers" in r.output
