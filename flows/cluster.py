@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .engine import configure_environment, flush_prefect, worker_environment
+from .errors import UsageError
 
 configure_environment()
 
@@ -55,19 +56,19 @@ class ClusterSpec:
     workers on CPU in tests)."""
     max_workers_hint: int | None = None
     """Upper bound for the automatic size (the number of tiles still to run)."""
-    dashboard: bool = False
-    """Serve the Dask dashboard of the embedded cluster (a random free port)."""
     worker_env: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(worker_environment().items()))
     """Environment of embedded worker processes (offline Prefect, 1 BLAS thread, allocator)."""
 
 
 @dataclass(frozen=True)
 class ClusterHandle:
+    """The cluster one job runs on, as the flow needs it: where to connect, and whether tile
+    tasks must request a GPU."""
+
     address: str
     gpu: bool  # tile tasks request resources={"GPU": 1}
     workers: int
     kind: str  # "embedded", "embedded-gpu", "existing"
-    dashboard: str | None = None  # the Dask dashboard's URL when known
 
     def describe(self) -> str:
         what = {"embedded": "local CPU cluster", "embedded-gpu": "local GPU cluster", "existing": "cluster"}[self.kind]
@@ -97,10 +98,8 @@ def auto_workers(hint: int | None = None) -> int:
 
 def visible_gpus() -> int:
     """Number of CUDA devices torch can see (0 without CUDA)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return 0
+    import torch
+
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
@@ -113,9 +112,9 @@ def resolve_gpus(gpus: int | str | None) -> int:
         return seen
     n = int(gpus)
     if n < 0:
-        raise ValueError(f"--gpus {gpus}: expected a positive number or 'auto'")
+        raise UsageError(f"--gpus {gpus}: expected a positive number or 'auto'")
     if n > seen:
-        raise ValueError(f"--gpus {n}: only {seen} CUDA device(s) visible on this machine")
+        raise UsageError(f"--gpus {n}: only {seen} CUDA device(s) visible on this machine")
     return n
 
 
@@ -152,12 +151,13 @@ class EmbeddedCluster(distributed.LocalCluster):
     Also the default task runner cluster of ``superresolve_survey`` when called directly."""
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1, resources: dict | None = None,
-                 dashboard: bool = False, env: dict[str, str] | None = None, **kwargs) -> None:
+                 env: dict[str, str] | None = None, **kwargs) -> None:
         env = dict(env) if env is not None else worker_environment()
         kwargs.setdefault("processes", True)
         kwargs.setdefault("silence_logs", logging.WARNING)
-        # a random port either way: with None the scheduler's HTTP server still binds :8787 and
-        # warns when another cluster holds it
+        # the scheduler's HTTP server (health checks; Dask's dashboard too where bokeh is
+        # installed) on a random port: with None it still binds :8787 and warns when another
+        # cluster holds it
         kwargs.setdefault("dashboard_address", ":0")
         kwargs.setdefault("preload", list(WORKER_PRELOAD))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
@@ -215,7 +215,7 @@ def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            raise ValueError(
+            raise UsageError(
                 "--gpus needs dask-cuda: pip install 'cmsr[gpu]' (or use the docker/Dockerfile.gpu image)"
             ) from None
         os.environ.update({k: v for k, v in env.items() if not k.startswith("MALLOC_")})
@@ -224,14 +224,13 @@ def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
                 n_workers=n_gpus, threads_per_worker=1, resources={"GPU": 1}, preload=list(WORKER_PRELOAD),
                 dashboard_address=":0", silence_logs=logging.WARNING,
             )
-        handle = ClusterHandle(cluster.scheduler_address, True, n_gpus, "embedded-gpu", cluster.dashboard_link)
+        handle = ClusterHandle(cluster.scheduler_address, True, n_gpus, "embedded-gpu")
     else:
         n = spec.workers or auto_workers(spec.max_workers_hint)
         resources = dict(spec.resources) or None
         cluster = EmbeddedCluster(n_workers=n, threads_per_worker=spec.threads_per_worker, resources=resources,
-                                  dashboard=spec.dashboard, env=env)
-        handle = ClusterHandle(cluster.scheduler_address, bool(resources and "GPU" in resources), n, "embedded",
-                               cluster.dashboard_link)
+                                  env=env)
+        handle = ClusterHandle(cluster.scheduler_address, bool(resources and "GPU" in resources), n, "embedded")
     try:
         yield handle
     finally:

@@ -37,6 +37,7 @@ OFFLINE_ENV: dict[str, str] = {
     "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
 }
 
+
 def configure_environment() -> None:
     """Apply :data:`OFFLINE_ENV` as defaults.
 
@@ -52,10 +53,8 @@ def worker_environment() -> dict[str, str]:
     allocator tuned for PyTorch's small training buffers (``cmsr.runtime``, measured there)."""
     env = dict(OFFLINE_ENV)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
-    try:
-        from cmsr.runtime import allocator_env
-    except ImportError:  # pragma: no cover - the core is part of the package
-        return env
+    from cmsr.runtime import allocator_env
+
     env.update(allocator_env())
     return env
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from .engine import configure_environment
+from .errors import UsageError
 
 
 def _require_api(what: str) -> str:
@@ -23,7 +24,7 @@ def _require_api(what: str) -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise ValueError(
+        raise UsageError(
             f"{what} needs a Prefect server that outlives this command: set PREFECT_API_URL "
             "(e.g. http://HOST:4200/api, the compose file's prefect-server)"
         )

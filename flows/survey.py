@@ -30,6 +30,7 @@ from prefect_dask import DaskTaskRunner  # noqa: E402
 import pipelines  # noqa: E402
 
 from .cluster import ClusterHandle, ClusterSpec, gpu_workers, open_cluster  # noqa: E402
+from .errors import TileFailed  # noqa: E402 - raised here; lives where the CLI can name it without Prefect
 
 #: Tile task retries (transient failures: a worker's file system hiccup, a CUDA OOM when a
 #: co-tenant spiked) and the delay between tries.
@@ -69,10 +70,6 @@ def _emit(event: Progress) -> None:
             fn(event)
         except Exception:  # noqa: BLE001 - a broken progress bar must not fail a survey
             pass
-
-
-class TileFailed(RuntimeError):
-    """A tile's unit of work raised; the message names the tile(s), the job and the cause."""
 
 
 # ------------------------------------------------------------------------------------ tasks

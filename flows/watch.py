@@ -147,7 +147,6 @@ def scan_surveys(root: str, defaults: dict | None = None, engine: dict | None = 
     return rows
 
 
-
 def serve(root: str, defaults: dict[str, Any], engine: dict[str, Any], *, cron: str | None, interval: float,
           name: str) -> None:
     """Serve two deployments until interrupted: ``scan-surveys/<name>`` on the schedule, and
@@ -159,14 +158,13 @@ def serve(root: str, defaults: dict[str, Any], engine: dict[str, Any], *, cron: 
 
     with prefect_api(services=True) as api:
         api.wait()
-        scan = scan_surveys
         params = {"root": os.path.abspath(root), "defaults": defaults, "engine": engine}
         sched = {"cron": cron} if cron else {"interval": interval}
         # module-path entry points ("flows.watch.scan_surveys"): the runner's subprocess then
         # imports the package module, so the tasks it sends to Dask workers unpickle there
         by_module = EntrypointType.MODULE_PATH
         prefect_serve(
-            scan.to_deployment(name=name, parameters=params, entrypoint_type=by_module, **sched),
+            scan_surveys.to_deployment(name=name, parameters=params, entrypoint_type=by_module, **sched),
             superresolve_survey.to_deployment(name=name, entrypoint_type=by_module),
             print_starting_message=False,
         )

@@ -1,4 +1,5 @@
-"""The ``cmsr`` command line without the engine: help with examples, one-line errors, plan."""
+"""The ``cmsr`` command line without the engine: help with examples, options declared once, one
+honest ``--scale`` range, errors classified by type (exit codes), band selection, entry points."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -18,6 +20,12 @@ runner = CliRunner()
 COMMANDS = ["run", "plan", "demo", "sr", "serve", "submit"]
 
 
+def _options(command: str) -> dict[str, object]:
+    """The click options of ``command``, by their long name."""
+    cmd = typer.main.get_command(app).commands[command]
+    return {next(o for o in p.opts if o.startswith("--")): p for p in cmd.params if p.opts[0].startswith("-")}
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_examples(command):
     r = runner.invoke(app, [command, "--help"])
@@ -25,12 +33,42 @@ def test_every_command_has_help_with_examples(command):
     assert "Examples" in r.output and f"cmsr {command}" in r.output
 
 
-def _one_error_line(r, fragment: str) -> None:
-    assert r.exit_code == 2, r.output
+@pytest.mark.parametrize("flag", ["--method", "--workers", "--device", "--assume-crs", "--min-valid", "--scale",
+                                  "--guide-bands", "--target-bands", "--verbose"])
+def test_a_shared_option_means_the_same_in_every_command(flag):
+    helps = {c: _options(c)[flag].help for c in COMMANDS if flag in _options(c)}
+    assert len(helps) >= 2, helps
+    if flag == "--scale":  # sr has no 'auto' (plain images carry no pixel size); the range is the same
+        helps = {c: h.replace("'auto' (the ratio of pixel sizes) or ", "") for c, h in helps.items()}
+    assert len(set(helps.values())) == 1, helps
+
+
+def test_scale_range_is_the_cores_and_every_command_checks_it(sample, tmp_path):
+    import cmsr.api
+    from flows.cli.options import MAX_SCALE, MIN_SCALE
+
+    assert (MIN_SCALE, MAX_SCALE) == (cmsr.api.MIN_SCALE, cmsr.api.MAX_SCALE)
+    for command in ("run", "plan", "sr", "submit"):
+        assert f"{MIN_SCALE}..{MAX_SCALE}." in _options(command)["--scale"].help, command
+    out = str(tmp_path / "o.tif")
+    for args in (["plan", str(sample["rgb"]), str(sample["target"])],
+                 ["run", str(sample["rgb"]), str(sample["target"]), "-o", out],
+                 ["submit", str(sample["rgb"]), str(sample["target"]), "-o", out, "--scheduler", "tcp://x:1"],
+                 ["sr", "--target", str(sample["target"]), "--out", str(tmp_path / "o.png")]):
+        for bad in ("x4", "9", "1"):
+            r = runner.invoke(app, [*args, "--scale", bad])
+            _one_error_line(r, f"--scale {bad!r}" if bad == "x4" else f"--scale {bad}: out of range")
+    r = runner.invoke(app, ["sr", "--target", "t.png", "--out", "o.png", "--scale", "auto"])
+    _one_error_line(r, "expected an integer 2..8")
+
+
+def _one_error_line(r, fragment: str, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert fragment in lines[0]
+    assert fragment in lines[0], lines[0]
     assert "Traceback" not in r.output + r.stderr
+    return lines[0]
 
 
 def test_missing_input_is_one_line(tmp_path, sample):
@@ -69,6 +107,120 @@ def test_submit_needs_exactly_one_destination(sample, tmp_path):
     _one_error_line(r, "exactly one of --scheduler")
 
 
+def _plan_raising(monkeypatch, sample, exc: BaseException, *extra: str):
+    """``cmsr plan`` on the sample while ``pipelines.prepare`` raises ``exc``."""
+    import pipelines
+
+    def prepare(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(pipelines, "prepare", prepare)
+    return runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), *extra])
+
+
+def test_bad_input_is_recognised_by_type(monkeypatch, sample):
+    import cmsr
+    import tiling.errors
+    from flows.errors import UsageError
+
+    for exc, line in ((tiling.errors.InvalidInput("target file b.tif: all nodata"), "error: target file b.tif"),
+                      (cmsr.InvalidInput("a.png: file not found"), "error: a.png: file not found"),
+                      (UsageError("--gpus 3: only 0 visible"), "error: --gpus 3"),
+                      (FileNotFoundError(2, "No such file or directory", "/w/tiles/3.npy"),
+                       "error: /w/tiles/3.npy: No such file or directory")):
+        assert _one_error_line(_plan_raising(monkeypatch, sample, exc), line).startswith(line)
+
+
+def test_an_internal_value_error_is_a_bug_not_bad_input(monkeypatch, sample):
+    r = _plan_raising(monkeypatch, sample, ValueError("operands could not be broadcast"))
+    _one_error_line(r, "internal error: ValueError: operands could not be broadcast "
+                       "(run with --verbose for the traceback)", code=1)
+    r = _plan_raising(monkeypatch, sample, ValueError("operands could not be broadcast"), "--verbose")
+    assert r.exit_code == 1
+    assert "Traceback (most recent call last)" in r.stderr and "in prepare" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1] == "error: internal error: ValueError: operands could not be broadcast"
+
+
+def test_a_class_merely_called_invalid_input_is_a_bug(monkeypatch, sample):
+    class InvalidInput(Exception):  # same name as the core's and tiling's, other meaning
+        pass
+
+    r = _plan_raising(monkeypatch, sample, InvalidInput("from some other library"))
+    _one_error_line(r, "internal error: InvalidInput: from some other library", code=1)
+
+
+class _FinishedState:
+    """Stands in for the flow's final Prefect state."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def result(self, raise_on_failure: bool = True):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def _run_with_flow(monkeypatch, sample, tmp_path, outcome, *extra: str):
+    """``cmsr run`` on the sample with the flow replaced by ``outcome``; returns (result, configs)."""
+    import flows.survey
+
+    configs = []
+
+    def run_survey(rgb, target, out, config, options, on_cluster=None):
+        configs.append(config)
+        return _FinishedState(outcome)
+
+    monkeypatch.setattr(flows.survey, "run_survey", run_survey)
+    r = runner.invoke(app, ["run", str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / "o.tif"),
+                            "--method", "bicubic", *extra])
+    return r, configs
+
+
+def test_failed_job_and_interrupt_exit_codes(monkeypatch, sample, tmp_path):
+    from flows.errors import TileFailed
+
+    r, _ = _run_with_flow(monkeypatch, sample, tmp_path, TileFailed("tile 7 of job j: RuntimeError: bad window"))
+    _one_error_line(r, "error: tile 7 of job j", code=1)
+    r, _ = _run_with_flow(monkeypatch, sample, tmp_path, KeyboardInterrupt())
+    _one_error_line(r, "interrupted; finished tiles are kept", code=130)
+    from flows.survey import TileFailed as from_survey
+
+    assert from_survey is TileFailed  # the flow raises the type the CLI classifies
+
+
+def test_run_passes_bands_to_the_job(monkeypatch, sample, tmp_path):
+    summary = {"cog": "o.tif", "quicklook": None, "report": "o.report.json", "processed": 1, "reused": 0}
+    r, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--guide-bands", "3,2,1",
+                                "--target-bands", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert configs[0].guide_bands == (3, 2, 1) and configs[0].target_bands == (1,)
+    assert json.loads(r.stdout)["processed"] == 1
+    r, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--json")
+    assert configs[0].guide_bands is None and configs[0].target_bands is None
+    for bad, why in (("red,green", "expected comma-separated band numbers"), ("0,1", "band numbers start at 1")):
+        r, _ = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--guide-bands", bad)
+        _one_error_line(r, f"--guide-bands '{bad}': {why}")
+
+
+def test_guide_and_target_bands_pick_bands_of_a_multiband_ortho(shared_data):
+    """A 6-band Landsat 7 ortho (bands 1,2,3,4=NIR,5,7) is refused as RGB with a message naming
+    --guide-bands; with red, green, blue chosen (3,2,1) it plans against the real 90 m DEM; a band
+    the file does not have is one line naming the file."""
+    folder = shared_data / "geo" / "landsat7_olinda"
+    l7, dem = str(folder / "L7_ETMs.tif"), str(folder / "olinda_dem_utm25s.tif")
+    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--json"])
+    _one_error_line(r, "(choose bands with --guide-bands)")
+    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--guide-bands", "3,2,1", "--target-bands", "1",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["guide_bands"] == [3, 2, 1] and info["target_bands"] == [1] and info["tiles"] >= 1
+    assert info["hr_grid"]["shape"] == [352, 349]
+    r = runner.invoke(app, ["plan", l7, dem, "--guide-bands", "3,2,7"])
+    _one_error_line(r, "L7_ETMs.tif: has 6 band(s); --guide-bands [3, 2, 7] is out of range")
+
+
 def test_plan_reports_grids_tiles_and_estimate(sample):
     r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--method", "bp",
                             "--tile-size", "64", "--halo", "8", "--workers", "2", "--json"])
@@ -77,6 +229,7 @@ def test_plan_reports_grids_tiles_and_estimate(sample):
     assert info["hr_grid"]["shape"] == [200, 300] and info["lr_grid"]["shape"] == [50, 75]
     assert info["hr_grid"]["resolution"] == [10.0, 10.0] and info["lr_grid"]["resolution"] == [40.0, 40.0]
     assert info["scale"] == 4 and info["tiles"] == 20 and info["active_tiles"] == 20
+    assert info["guide_bands"] == [1, 2, 3] and info["target_bands"] == [1]
     assert 0.99 <= info["valid_fraction"] <= 1.0
     assert info["estimated_seconds"] == pytest.approx(10 * info["seconds_per_tile"], rel=0.02)
     assert not (Path(sample["rgb"]).parent / "plan.tif").exists()
@@ -91,47 +244,14 @@ def test_cli_help_is_fast_and_imports_no_engine():
     assert r.stdout.strip() == "[]"
 
 
-def test_errors_are_classified_by_type_not_by_name(capsys) -> None:  # type: ignore[no-untyped-def]
-    """Bad input (by type) is one line and exit 2; an internal ValueError, or a class that is merely
-    called InvalidInput, is a bug: exit 1 with a pointer to --verbose, which shows the traceback."""
-    import typer
-
-    import cmsr
-    import tiling.errors
-    from flows.cli import _one_line_errors
-
-    def code(exc: BaseException, verbose: bool = False) -> int:
-        with pytest.raises(typer.Exit) as caught:
-            with _one_line_errors(verbose):
-                raise exc
-        return caught.value.exit_code
-
-    assert code(cmsr.InvalidInput("a.tif: no CRS")) == 2
-    assert code(tiling.errors.InvalidInput("b.tif: empty")) == 2
-    assert code(FileNotFoundError("c.tif: no such file")) == 2
-    capsys.readouterr()
-    assert code(ValueError("shape mismatch")) == 1
-    assert "internal error: ValueError: shape mismatch (run with --verbose" in capsys.readouterr().err
-
-    class InvalidInput(Exception):  # same name, other meaning
-        pass
-
-    assert code(InvalidInput("x")) == 1
-    with pytest.raises(ValueError, match="shape mismatch"):
-        with _one_line_errors(verbose=True):
-            raise ValueError("shape mismatch")
-
-
-def test_guide_and_target_bands_pick_bands_of_a_multiband_ortho(shared_data):  # type: ignore[no-untyped-def]
-    """A 6-band Landsat 7 ortho is refused as RGB with a message naming --guide-bands; with the bands
-    chosen (3,2,1 = red, green, blue) it plans; a malformed list is a one-line usage error."""
-    folder = shared_data / "geo" / "landsat7_olinda"
-    l7, dem = str(folder / "L7_ETMs.tif"), str(folder / "olinda_dem_utm25s.tif")
-    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--json"])
-    assert r.exit_code == 2 and "--guide-bands" in r.output
-    r = runner.invoke(app, ["plan", l7, dem, "--method", "bp", "--guide-bands", "3,2,1", "--target-bands", "1",
-                            "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["tiles"] >= 1
-    r = runner.invoke(app, ["plan", l7, dem, "--guide-bands", "red,green"])
-    assert r.exit_code == 2 and "comma-separated band numbers" in r.output
+@pytest.mark.parametrize("launcher", [["-c", "from flows.cli import main; main()"], ["-m", "flows.cli"]])
+def test_entry_points_run_the_commands(launcher, sample):
+    """What the console script (``flows.cli:main``) and ``python -m flows.cli`` run: the real commands."""
+    r = subprocess.run([sys.executable, *launcher, "plan", str(sample["rgb"]), str(sample["target"]), "--method",
+                        "bicubic", "--tile-size", "100", "--halo", "8", "--workers", "1", "--json"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tiles"] == 6
+    r = subprocess.run([sys.executable, *launcher, "plan", "nope.tif", str(sample["target"])], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == "error: RGB file nope.tif: does not exist", r.stderr

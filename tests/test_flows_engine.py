@@ -256,3 +256,21 @@ def test_demo_is_offline_and_clean(tmp_path):
     assert (tmp_path / "demo" / "nir_10m_bp.quicklook.png").exists()
     assert "RMSE" in r.stdout
     assert not netlog.exists() or netlog.read_text() == "", netlog.read_text()
+
+
+def test_run_with_guide_bands_on_a_multiband_ortho(shared_data, dask_processes, tmp_path):
+    """``cmsr run --guide-bands 3,2,1`` end to end on the real 6-band Landsat 7 ortho (guided by
+    its red, green, blue) and the real 90 m DEM: the COG lands on the ortho's grid."""
+    folder = shared_data / "geo" / "landsat7_olinda"
+    out = tmp_path / "dem_sr.tif"
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(folder / "L7_ETMs.tif"),
+                        str(folder / "olinda_dem_utm25s.tif"), "-o", str(out), "--method", "bicubic",
+                        "--guide-bands", "3,2,1", "--target-bands", "1", "--tile-size", "128", "--halo", "8",
+                        "--scheduler", dask_processes.address, "--json"], cwd=REPO, env=engine_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["processed"] >= 1
+    report = json.loads(Path(json.loads(r.stdout)["report"]).read_text())
+    assert report["config"]["guide_bands"] == [3, 2, 1]
+    with rasterio.open(out) as ds, rasterio.open(folder / "L7_ETMs.tif") as l7:
+        assert ds.count == 1 and ds.shape == l7.shape and ds.transform == l7.transform and ds.crs == l7.crs

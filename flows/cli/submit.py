@@ -1,0 +1,49 @@
+"""``cmsr submit``: hand one job to a Dask cluster or a Prefect deployment; prints the flow run id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UsageError
+from . import options as opt
+from .app import app
+from .exit_codes import exit_codes
+from .job import engine_logging, job_config
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  cmsr submit rgb.tif thermal.tif -o sr.tif --scheduler tcp://dask-scheduler:8786
+
+  cmsr submit rgb.tif thermal.tif -o sr.tif --deployment superresolve-survey/cmsr
+
+  PREFECT_API_URL=http://prefect:4200/api cmsr submit rgb.tif t.tif -o sr.tif --scheduler tcp://sched:8786 --json
+""")
+def submit(
+    rgb: Path = opt.RGB, target: Path = opt.TARGET, out: Path = opt.SURVEY_OUT,
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the flow on this Dask cluster (detached)."),
+    deployment: Optional[str] = typer.Option(None, "--deployment", help="Create a run of this Prefect deployment (FLOW/NAME)."),
+    scale: str = opt.scale_option(), method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(),
+    tile_size: int = opt.TILE_SIZE, halo: int = opt.HALO, seed: int = opt.SEED,
+    guide_bands: Optional[str] = opt.GUIDE_BANDS, target_bands: Optional[str] = opt.TARGET_BANDS,
+    as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+) -> None:
+    """Send a job to a Dask cluster or a Prefect deployment and print its flow run id (returns at once)."""
+    engine_logging(verbose)
+    with exit_codes(verbose):
+        from .. import submit as submission
+
+        if bool(scheduler) == bool(deployment):
+            raise UsageError("give exactly one of --scheduler ADDR or --deployment NAME")
+        config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
+                            guide_bands=guide_bands, target_bands=target_bands)
+        args = (str(rgb.resolve()), str(target.resolve()), str(out.resolve()), config.to_dict())
+        if scheduler:
+            run_id = submission.to_scheduler(scheduler, *args)
+        else:
+            run_id = submission.to_deployment(deployment, *args)
+        typer.echo(json.dumps({"flow_run_id": run_id}) if as_json else run_id)

@@ -1,0 +1,21 @@
+"""The errors ``flows`` raises itself, in a module that imports nothing heavy.
+
+Why a module of its own: the ``cmsr`` command classifies every failure by type (bad input ->
+exit 2, a failed job -> exit 1) and must be able to name these types without importing Prefect,
+Dask or torch, so ``cmsr --help`` and a bad option stay instant.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """How cmsr was asked to run is wrong (an option's value, a missing ``PREFECT_API_URL``,
+    more GPUs than visible): the user's to fix, so the CLI prints it as one line and exits 2.
+    A ``ValueError`` so library callers that caught the plain ``ValueError`` still do."""
+
+
+class TileFailed(RuntimeError):
+    """A tile's unit of work raised; the message names the tile(s), the job and the cause."""
+
+
+__all__ = ["UsageError", "TileFailed"]
