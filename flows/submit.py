@@ -38,8 +38,8 @@ def to_deployment(name: str, rgb: str, target: str, out: str, config: dict) -> s
 
     if "/" not in name:
         name = f"superresolve-survey/{name}"
-    fr = run_deployment(name, parameters={"rgb": rgb, "target": target, "out": out, "config": config}, timeout=0)
-    return str(fr.id)
+    flow_run = run_deployment(name, parameters={"rgb": rgb, "target": target, "out": out, "config": config}, timeout=0)
+    return str(flow_run.id)
 
 
 def to_scheduler(address: str, rgb: str, target: str, out: str, config: dict) -> str:
@@ -52,11 +52,11 @@ def to_scheduler(address: str, rgb: str, target: str, out: str, config: dict) ->
 
     params = {"rgb": rgb, "target": target, "out": out, "config": config}
     with get_client(sync_client=True) as client:
-        fr = client.create_flow_run(superresolve_survey, parameters=params)
-    with distributed.Client(address, set_as_default=False, timeout="60s") as dc:
-        fut = dc.submit(run_flow_run_on_cluster, str(fr.id), api, pure=False, key=f"cmsr-flow-{fr.id}")
+        flow_run = client.create_flow_run(superresolve_survey, parameters=params)
+    with distributed.Client(address, set_as_default=False, timeout="60s") as dask_client:
+        fut = dask_client.submit(run_flow_run_on_cluster, str(flow_run.id), api, pure=False, key=f"cmsr-flow-{flow_run.id}")
         distributed.fire_and_forget(fut)
-    return str(fr.id)
+    return str(flow_run.id)
 
 
 def run_flow_run_on_cluster(flow_run_id: str, api_url: str) -> str:
@@ -76,9 +76,9 @@ def run_flow_run_on_cluster(flow_run_id: str, api_url: str) -> str:
     address = distributed.get_worker().scheduler.address
     with temporary_settings({PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
-            fr = client.read_flow_run(flow_run_id)
+            flow_run = client.read_flow_run(flow_run_id)
         f = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=address))
-        state = run_flow(f, flow_run=fr, parameters=dict(fr.parameters), return_type="state")
+        state = run_flow(f, flow_run=flow_run, parameters=dict(flow_run.parameters), return_type="state")
     return str(state.type.value if hasattr(state, "type") else state)
 
 

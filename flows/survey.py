@@ -170,10 +170,10 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     failures: list[str] = []
     done = reused
     by_key = {f.wrapped_future.key: f for f in futures}
-    for dfut in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
-        pf = by_key[dfut.key]
+    for dask_future in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
+        prefect_future = by_key[dask_future.key]
         try:
-            batch_results = pf.result()
+            batch_results = prefect_future.result()
         except Exception as exc:  # noqa: BLE001 - collected; the flow fails after the others finish
             failures.append(str(exc))
             continue

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 from .job import engine_logging, job_config, print_outputs, run_job
@@ -29,9 +29,9 @@ DEMO_METHOD, DEMO_PRESET = "cmsr", "fast"
 """)
 def demo(
     out_dir: Path = typer.Option(Path("cmsr-demo"), "--out", "-o", help="Folder for the demo's output."),
-    method: str = opt.method_option(DEMO_METHOD), preset: Optional[str] = opt.preset_option(DEMO_PRESET),
-    workers: Optional[int] = opt.WORKERS, quiet: bool = opt.QUIET, as_json: bool = opt.JSON,
-    verbose: bool = opt.VERBOSE,
+    method: str = options.method_option(DEMO_METHOD), preset: Optional[str] = options.preset_option(DEMO_PRESET),
+    workers: Optional[int] = options.WORKERS, quiet: bool = options.QUIET, as_json: bool = options.JSON,
+    verbose: bool = options.VERBOSE,
 ) -> None:
     """Run the whole flow on the real sample bundled with cmsr (Sentinel-2 NIR 40 m -> 10 m, guided by RGB 10 m)."""
     engine_logging(verbose)
@@ -51,8 +51,9 @@ def demo(
             summary["score"] = score_against_truth(Path(summary["cog"]), target, truth, summary["scale"])
         print_outputs(summary, quiet, as_json)
         if not quiet and not as_json and "score" in summary:
-            sc = summary["score"]
-            typer.echo(f"vs the real 10 m NIR: RMSE {sc['rmse']:.1f} ({method}) vs {sc['rmse_bicubic']:.1f} (bicubic)")
+            score = summary["score"]
+            typer.echo(f"vs the real 10 m NIR: RMSE {score['rmse']:.1f} ({method}) vs "
+                       f"{score['rmse_bicubic']:.1f} (bicubic)")
 
 
 def score_against_truth(out: Path, target: Path, truth: Path, scale: int) -> dict:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 from .job import job_config
@@ -31,13 +31,13 @@ TILE_SECONDS_ESTIMATE = {"bicubic": 0.2, "bp": 0.5, "guided": 1.0, "zssr": 60.0,
   cmsr plan rgb.tif thermal.tif --method cmsr --preset fast --probe
 """)
 def plan(
-    rgb: Path = opt.RGB, target: Path = opt.TARGET, scale: str = opt.scale_option(),
-    method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(), tile_size: int = opt.TILE_SIZE,
-    halo: int = opt.HALO, workers: Optional[int] = opt.WORKERS, assume_crs: Optional[str] = opt.ASSUME_CRS,
-    min_valid: float = opt.MIN_VALID, guide_bands: Optional[str] = opt.GUIDE_BANDS,
-    target_bands: Optional[str] = opt.TARGET_BANDS,
+    rgb: Path = options.RGB, target: Path = options.TARGET, scale: str = options.scale_option(),
+    method: str = options.method_option(), preset: Optional[str] = options.preset_option(), tile_size: int = options.TILE_SIZE,
+    halo: int = options.HALO, workers: Optional[int] = options.WORKERS, assume_crs: Optional[str] = options.ASSUME_CRS,
+    min_valid: float = options.MIN_VALID, guide_bands: Optional[str] = options.GUIDE_BANDS,
+    target_bands: Optional[str] = options.TARGET_BANDS,
     probe: bool = typer.Option(False, "--probe", help="Time one real tile here instead of using the rough table."),
-    as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+    as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Dry run: grids, scale, tile count, valid fraction and an estimated time. Writes nothing."""
     import tempfile
@@ -47,7 +47,7 @@ def plan(
 
         from ..cluster import auto_workers
 
-        opt.workers_check(workers)
+        options.workers_check(workers)
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo,
                             assume_crs=assume_crs, min_valid=min_valid, guide_bands=guide_bands,
                             target_bands=target_bands)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 from .job import engine_logging, job_config, print_outputs, run_job
@@ -26,21 +26,21 @@ from .job import engine_logging, job_config, print_outputs, run_job
   cmsr run /data/s1/rgb.tif /data/s1/thermal.tif -o /data/s1/sr.tif --scheduler tcp://dask-scheduler:8786 --json
 """)
 def run(
-    rgb: Path = opt.RGB, target: Path = opt.TARGET,
+    rgb: Path = options.RGB, target: Path = options.TARGET,
     out: Path = typer.Option(..., "--out", "-o", help="Output Cloud-Optimized GeoTIFF."),
-    scale: str = opt.scale_option(), method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(),
-    tile_size: int = opt.TILE_SIZE, halo: int = opt.HALO, workers: Optional[int] = opt.WORKERS,
-    scheduler: Optional[str] = opt.SCHEDULER, gpus: Optional[str] = opt.GPUS, work_dir: Optional[Path] = opt.WORK_DIR,
-    resume: bool = opt.RESUME, seed: int = opt.SEED, device: str = opt.DEVICE,
+    scale: str = options.scale_option(), method: str = options.method_option(), preset: Optional[str] = options.preset_option(),
+    tile_size: int = options.TILE_SIZE, halo: int = options.HALO, workers: Optional[int] = options.WORKERS,
+    scheduler: Optional[str] = options.SCHEDULER, gpus: Optional[str] = options.GPUS, work_dir: Optional[Path] = options.WORK_DIR,
+    resume: bool = options.RESUME, seed: int = options.SEED, device: str = options.DEVICE,
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Prefect task (batches cut orchestration overhead)."),
     tile_timeout: Optional[float] = typer.Option(None, "--tile-timeout", help="Seconds one tile may take before it is retried."),
     retries: int = typer.Option(2, "--retries", help="Tries again after a tile fails (5 s apart)."),
-    assume_crs: Optional[str] = opt.ASSUME_CRS, min_valid: float = opt.MIN_VALID,
+    assume_crs: Optional[str] = options.ASSUME_CRS, min_valid: float = options.MIN_VALID,
     stitch: str = typer.Option("core", "--stitch", help="core (each pixel from one tile) | feather."),
     warm_start: bool = typer.Option(False, "--warm-start", help="Survey warm start (cmsr): pretrain on a few representative tiles, fine-tune each tile briefly (~7x faster per tile)."),
     tile_fn: Optional[str] = typer.Option(None, "--tile-fn", help="Custom per-tile function 'module:function'.", hidden=True),
-    guide_bands: Optional[str] = opt.GUIDE_BANDS, target_bands: Optional[str] = opt.TARGET_BANDS,
-    quiet: bool = opt.QUIET, as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+    guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
+    quiet: bool = options.QUIET, as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Super-resolve one survey: TARGET onto RGB's grid, written as a COG with a JSON report and a quick-look PNG."""
     engine_logging(verbose)
@@ -49,7 +49,7 @@ def run(
                             device=device, work_dir=work_dir, resume=resume, assume_crs=assume_crs,
                             min_valid=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
                             guide_bands=guide_bands, target_bands=target_bands)
-        summary = run_job(rgb, target, out, config, workers=workers, scheduler=scheduler, gpus=opt.parse_gpus(gpus),
+        summary = run_job(rgb, target, out, config, workers=workers, scheduler=scheduler, gpus=options.parse_gpus(gpus),
                           tiles_per_task=tiles_per_task, tile_timeout=tile_timeout, quiet=quiet, as_json=as_json,
                           retries=retries)
         print_outputs(summary, quiet, as_json)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 from .job import engine_logging
@@ -39,9 +39,9 @@ def serve(
     interval: float = typer.Option(600.0, "--interval", help="Seconds between scans when no --cron is given."),
     once: bool = typer.Option(False, "--once", help="Scan and process once, then exit (no deployment)."),
     name: str = typer.Option("cmsr", "--name", help="Deployment name (shown in the Prefect UI)."),
-    method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(), tile_size: int = opt.TILE_SIZE,
-    halo: int = opt.HALO, workers: Optional[int] = opt.WORKERS, scheduler: Optional[str] = opt.SCHEDULER,
-    gpus: Optional[str] = opt.GPUS, as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+    method: str = options.method_option(), preset: Optional[str] = options.preset_option(), tile_size: int = options.TILE_SIZE,
+    halo: int = options.HALO, workers: Optional[int] = options.WORKERS, scheduler: Optional[str] = options.SCHEDULER,
+    gpus: Optional[str] = options.GPUS, as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Process every survey folder under --watch that has no up-to-date output, on a schedule (Prefect deployment)."""
     engine_logging(verbose)
@@ -50,17 +50,17 @@ def serve(
 
         if not watch.is_dir():
             raise UsageError(f"watch folder {watch}: is not a directory")
-        opt.workers_check(workers)
+        options.workers_check(workers)
         defaults = {"method": method, "preset": preset, "tile_size": tile_size, "halo": halo}
-        engine = {"workers": workers, "scheduler": scheduler, "gpus": opt.parse_gpus(gpus)}
+        engine = {"workers": workers, "scheduler": scheduler, "gpus": options.parse_gpus(gpus)}
         if once:
             done = watcher.process_pending(str(watch), defaults, engine)
             if as_json:
                 typer.echo(json.dumps(done, indent=1))
             else:
-                for d in done:
-                    typer.echo(f"{d['status']:9s} {d['survey']}" + (f" -> {d['out']}" if d.get("out") else "")
-                               + (f" ({d['error']})" if d.get("error") else ""))
+                for row in done:
+                    typer.echo(f"{row['status']:9s} {row['survey']}" + (f" -> {row['out']}" if row.get("out") else "")
+                               + (f" ({row['error']})" if row.get("error") else ""))
             return
         typer.echo(f"serving deployment 'scan-surveys/{name}' over {watch} "
                    f"({'cron ' + cron if cron else f'every {interval:.0f} s'}); Ctrl-C stops", err=True)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 
@@ -24,17 +24,17 @@ from .exit_codes import exit_codes
 def sr(
     target: Path = typer.Option(..., "--target", help="Low-resolution target image (PNG/TIFF, or a FLIR radiometric JPEG)."),
     guide: Optional[Path] = typer.Option(None, "--guide", help="High-resolution guide image (RGB; FLIR: its optical image)."),
-    scale: str = opt.scale_option(...),
+    scale: str = options.scale_option(...),
     out: Path = typer.Option(..., "--out", "-o", help="Output image (.png keeps the target's dtype, .tif float32)."),
-    method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(),
+    method: str = options.method_option(), preset: Optional[str] = options.preset_option(),
     no_warp: bool = typer.Option(False, "--no-warp", help="Ablation: no learned guide deformation."),
-    seed: int = opt.SEED, device: str = opt.DEVICE,
+    seed: int = options.SEED, device: str = options.DEVICE,
     save_warp: Optional[Path] = typer.Option(None, "--save-warp", help="Draw the learned displacement field to this PNG."),
-    quiet: bool = opt.QUIET, as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+    quiet: bool = options.QUIET, as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Super-resolve one image pair (no georeferencing, no tiling): the core algorithm on two files."""
     with exit_codes(verbose):
-        zoom = opt.parse_scale(scale, auto=False)
+        zoom = options.parse_scale(scale, auto=False)
         from cmsr.single_pair import run_single_pair, summary
 
         echo = None if (quiet or as_json) else (lambda line: typer.echo(line, err=True))

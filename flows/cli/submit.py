@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from . import options as opt
+from . import options
 from .app import app
 from .exit_codes import exit_codes
 from .job import engine_logging, job_config
@@ -24,13 +24,13 @@ from .job import engine_logging, job_config
   PREFECT_API_URL=http://prefect:4200/api cmsr submit rgb.tif t.tif -o sr.tif --scheduler tcp://sched:8786 --json
 """)
 def submit(
-    rgb: Path = opt.RGB, target: Path = opt.TARGET, out: Path = opt.SURVEY_OUT,
+    rgb: Path = options.RGB, target: Path = options.TARGET, out: Path = options.SURVEY_OUT,
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the flow on this Dask cluster (detached)."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="Create a run of this Prefect deployment (FLOW/NAME)."),
-    scale: str = opt.scale_option(), method: str = opt.method_option(), preset: Optional[str] = opt.preset_option(),
-    tile_size: int = opt.TILE_SIZE, halo: int = opt.HALO, seed: int = opt.SEED,
-    guide_bands: Optional[str] = opt.GUIDE_BANDS, target_bands: Optional[str] = opt.TARGET_BANDS,
-    as_json: bool = opt.JSON, verbose: bool = opt.VERBOSE,
+    scale: str = options.scale_option(), method: str = options.method_option(), preset: Optional[str] = options.preset_option(),
+    tile_size: int = options.TILE_SIZE, halo: int = options.HALO, seed: int = options.SEED,
+    guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
+    as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Send a job to a Dask cluster or a Prefect deployment and print its flow run id (returns at once)."""
     engine_logging(verbose)
