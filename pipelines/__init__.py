@@ -1,5 +1,5 @@
-"""One super-resolution job, engine-agnostic (see ARCHITECTURE.md): ``prepare`` -> ``run_tile``
-(any number, anywhere) -> ``finish``; ``superresolve`` does all of it in-process."""
+"""One super-resolution job, engine-agnostic (see ARCHITECTURE.md): ``prepare`` -> ``run_tiles``
+(any number of calls, anywhere) -> ``finish``; ``superresolve`` does all of it in-process."""
 
 from .config import METHODS, STITCH_MODES, JobConfig
 from .job import (
@@ -17,10 +17,10 @@ from .job import (
     warm_start_paths,
     write_job_quicklook,
 )
-from .tilefn import TileContext, TileFn, bicubic_tile_fn
+from .tilefn import TileBatchFn, TileContext, TileFn, batch_of, bicubic_tile_fn
 
 __all__ = [
     "METHODS", "STITCH_MODES", "JobConfig", "Job", "JobOutputs", "TileResult", "TileContext", "TileFn",
-    "bicubic_tile_fn", "prepare", "load_job", "run_tile", "run_tiles", "pending", "pretrain_survey", "warm_start_paths", "finish", "superresolve",
+    "TileBatchFn", "batch_of", "bicubic_tile_fn", "prepare", "load_job", "run_tile", "run_tiles", "pending", "pretrain_survey", "warm_start_paths", "finish", "superresolve",
     "write_job_quicklook",
 ]

@@ -51,14 +51,21 @@ class JobConfig:
     tile_fn: str | None = None
     """``"module:function"`` of a custom tile function (overrides ``method``; importable in workers)."""
     cmsr_overrides: tuple[tuple[str, Any], ...] = ()
-    """``CMSRConfig`` fields to override after the preset, e.g. ``(("max_iters", 50),)``."""
+    """``CMSRConfig`` fields to override after the preset, e.g. ``(("max_iters", 50),)``.
+
+    Keys are top-level ``CMSRConfig`` field names, applied with ``dataclasses.replace``; only
+    those that stay top-level are stable (``degradation``, ``max_iters``, ``min_iters``,
+    ``crop_size``, ``run_test_every``, ``self_ensemble``, ``gradual``, ``learning_rate``): the
+    rest of CMSRConfig is being regrouped, and switches like ``use_warp``/``use_guide`` are the
+    preset's to decide. An unknown key raises TypeError once tiles run."""
     warm_start: bool = False
     """Survey warm start (method ``cmsr``): train the networks fully on a few representative tiles
-    once, then start every tile from those weights and fine-tune it briefly; each tile still
-    learns its own warp from the identity. ~7x less time per tile (benchmarks/RESULTS.md)."""
+    once, then start every tile from those weights and fine-tune it briefly (a short budget per
+    tile instead of a full training); each tile still learns its own warp from the identity."""
     batch_tiles: int = 0
-    """Tiles trained together as one batched computation (method ``cmsr``) when a call is given
-    several (``run_tiles``); 0 -> as many as fit half the free device memory (at most 64)."""
+    """Tiles per call of the tile function when ``run_tiles`` is given several (the core may train
+    them as one batched computation); 0 -> for ``cmsr``/``zssr`` as many as fit the device
+    (``cmsr.choose_batch_size``), for other methods and custom functions 1."""
     quicklook: bool = True
     """Write ``<out stem>.quicklook.png`` (RGB | bicubic | super-resolved, same colour scale)."""
 

@@ -1,21 +1,32 @@
-"""Per-tile super-resolution functions: the core's ``cmsr.run`` by method, or a custom one.
+"""Tile functions: how one band of many tiles is super-resolved.
 
-A tile function maps one band of one tile to the HR grid:
-``fn(target_lr (h, w) float32 NaN=nodata, guide (H, W, C) float32, scale, ctx) -> (H, W)`` array,
-or ``(array, stats)`` with a small JSON-able ``stats`` dict. ``ctx`` is a ``TileContext``.
+Every tile of every method goes through one shape, a *batch function*:
+``fn(targets, guides, scale, contexts) -> [(image, stats), ...]`` over tiles of one band of one
+job (``targets[k]`` (h, w) float32 NaN=nodata, ``guides[k]`` (H, W, C) float32, ``contexts[k]`` a
+``TileContext``). One shape means one path through the job (reading, masking, stats, result
+files, resume) whatever computes the pixels; the core's own batch function hands the whole batch
+to ``cmsr.run_many``, which may train the tiles together.
+
+A simple *tile function* ``fn(target, guide, scale, ctx) -> (H, W) array | (array, stats)`` (a
+custom ``JobConfig.tile_fn = "module:function"``, or a callable passed to ``run_tiles``) is
+adapted to that shape by ``batch_of``: called tile after tile, nothing else changes.
 torch is imported only inside the functions, so ``pipelines`` imports without it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .config import JobConfig
+
+#: methods whose tiles train a network (batch sizes from ``cmsr.choose_batch_size``)
+TRAINING_METHODS = ("cmsr", "zssr")
 
 
 @dataclass(frozen=True)
@@ -26,13 +37,18 @@ class TileContext:
     seed: int  # this tile's seed
     tile_index: int
     band: int  # 0-based index among the job's target bands
+    warm_start: str | None = None
+    """Weight file the core fine-tunes this band from (``JobConfig.warm_start``), else None."""
 
 
 TileFn = Callable[[np.ndarray, np.ndarray, int, TileContext], Any]
+TileBatchFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], int, Sequence[TileContext]],
+                       list[tuple[np.ndarray, dict]]]
 
 
 def cmsr_config(config: JobConfig):
-    """The core's ``CMSRConfig`` for this job: the preset, the job's degradation, overrides."""
+    """The core's ``CMSRConfig`` for this job: the preset, the job's degradation, then
+    ``config.cmsr_overrides`` (top-level ``CMSRConfig`` field names)."""
     from cmsr.config import DEFAULT_PRESET, CMSRConfig
 
     cfg = CMSRConfig.preset(config.preset or DEFAULT_PRESET)
@@ -41,23 +57,47 @@ def cmsr_config(config: JobConfig):
     return replace(cfg, **changes)
 
 
-def core_tile_fn(target: np.ndarray, guide: np.ndarray, scale: int, ctx: TileContext):
-    """``cmsr.run`` with the job's method, config, seed, device and survey-level ranges."""
+def core_batch_fn(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int,
+                  contexts: Sequence[TileContext]) -> list[tuple[np.ndarray, dict]]:
+    """``cmsr.run_many`` with the job's method, config, per-tile seeds, device and survey-level
+    ranges; with a warm start, from that band's weights with the fine-tune budget."""
     import cmsr
 
+    ctx = contexts[0]  # job- and band-level fields are the same for every tile of the batch
     cfg = cmsr_config(ctx.config)  # also for bp/guided: they use its degradation model
-    res = cmsr.run(
-        target, guide, scale, cfg, method=ctx.config.method, seed=ctx.seed, device=ctx.config.device,
-        target_range=ctx.target_range, guide_range=np.asarray(ctx.guide_range, dtype=np.float64),
+    state = None
+    if ctx.warm_start is not None:
+        from cmsr import warm_start
+
+        state = warm_start.load_state(ctx.warm_start)
+        cfg = warm_start.finetune_config(cfg)
+    results = cmsr.run_many(
+        list(targets), list(guides), scale, cfg, method=ctx.config.method, seeds=[c.seed for c in contexts],
+        device=ctx.config.device, target_range=ctx.target_range,
+        guide_range=np.asarray(ctx.guide_range, dtype=np.float64), init_state=state,
     )
-    return res.image, dict(res.stats)
+    return [(r.image, dict(r.stats)) for r in results]
+
+
+def batch_of(fn: TileFn) -> TileBatchFn:
+    """A per-tile function in the batch shape: ``fn`` on each tile in turn."""
+
+    @functools.wraps(fn)
+    def batch(targets, guides, scale, contexts):
+        out = []
+        for target, guide, ctx in zip(targets, guides, contexts, strict=True):
+            res = fn(target, guide, scale, ctx)
+            out.append(res if isinstance(res, tuple) else (res, {}))
+        return out
+
+    return batch
 
 
 def bicubic_tile_fn(target: np.ndarray, guide: np.ndarray, scale: int, ctx: TileContext) -> np.ndarray:
     """MATLAB-compatible bicubic upsampling of the tile (nodata filled locally, masked after).
 
-    Used directly by tests and benchmarks, and for ``method="bicubic"`` when the core's
-    ``cmsr.run`` is unavailable."""
+    Needs only ``cmsr.resize``: used directly by tests and benchmarks, and for
+    ``method="bicubic"`` when the core's ``cmsr.run_many`` is unavailable."""
     import torch
 
     from cmsr.resize import upsample_torch
@@ -72,26 +112,36 @@ def bicubic_tile_fn(target: np.ndarray, guide: np.ndarray, scale: int, ctx: Tile
     return hr
 
 
-def resolve(config: JobConfig, override: TileFn | None = None) -> TileFn:
-    """The tile function of a job: ``override``, else ``config.tile_fn`` ("module:function"),
-    else the core's ``cmsr.run`` for ``config.method``."""
+def import_tile_fn(spec: str) -> TileFn:
+    """The function named by ``"module:function"`` (importable in every worker)."""
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"tile_fn {spec!r}: expected 'module:function'")
+    fn: Any = importlib.import_module(mod)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    return fn
+
+
+def uses_core(config: JobConfig, override: TileFn | None = None) -> bool:
+    """Whether the job's tiles go through the core's own batch function (no custom function)."""
+    return override is None and not config.tile_fn
+
+
+def resolve(config: JobConfig, override: TileFn | None = None) -> TileBatchFn:
+    """The batch function of a job: ``override`` or ``config.tile_fn`` adapted by ``batch_of``,
+    else the core's ``cmsr.run_many`` for ``config.method``."""
     if override is not None:
-        return override
+        return batch_of(override)
     if config.tile_fn:
-        mod, _, attr = config.tile_fn.partition(":")
-        if not attr:
-            raise ValueError(f"tile_fn {config.tile_fn!r}: expected 'module:function'")
-        fn = importlib.import_module(mod)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        return fn  # type: ignore[return-value]
+        return batch_of(import_tile_fn(config.tile_fn))
     try:
         import cmsr
 
-        if hasattr(cmsr, "run"):
-            return core_tile_fn
+        if hasattr(cmsr, "run_many"):
+            return core_batch_fn
     except ImportError:
         pass
     if config.method == "bicubic":
-        return bicubic_tile_fn
-    raise RuntimeError(f"method {config.method!r} needs cmsr.run (cmsr.api), which is not available")
+        return batch_of(bicubic_tile_fn)
+    raise RuntimeError(f"method {config.method!r} needs cmsr.run_many (cmsr.api), which is not available")

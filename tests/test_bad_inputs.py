@@ -87,10 +87,17 @@ def test_non_overlapping_and_low_overlap(nir40, tmp_path):
 
 
 def test_wrong_band_counts(tmp_path):
+    """The messages name the `cmsr run` options and show the form they take (1-based, commas)."""
     l7 = str(GEO / "landsat7_olinda" / "L7_ETMs.tif")
     dem = str(GEO / "landsat7_olinda" / "olinda_dem_utm25s.tif")
-    expect_error(l7, dem, str(tmp_path / "o.tif"), CFG, r"RGB file .*L7_ETMs\.tif: has 6 usable band\(s\), expected 1\.\.4 \(choose bands with --guide-bands\)")
-    expect_error(l7, dem, str(tmp_path / "o.tif"), CFG.replace(guide_bands=(3, 2, 9)), r"L7_ETMs\.tif: has 6 band\(s\); --guide-bands")
+    expect_error(l7, dem, str(tmp_path / "o.tif"), CFG,
+                 r"RGB file .*L7_ETMs\.tif: has 6 usable band\(s\), expected 1\.\.4 \(choose bands with --guide-bands\): "
+                 r"1-based band numbers, comma-separated, e\.g\. --guide-bands 3,2,1$")
+    expect_error(l7, dem, str(tmp_path / "o.tif"), CFG.replace(guide_bands=(3, 2, 9)),
+                 r"L7_ETMs\.tif: has 6 band\(s\); --guide-bands \[3, 2, 9\] is out of range "
+                 r"\(1-based band numbers 1\.\.6, comma-separated, e\.g\. --guide-bands 3,2,1\)")
+    expect_error(l7, dem, str(tmp_path / "o.tif"), CFG.replace(guide_bands=(3, 2, 1), target_bands=(2,)),
+                 r"olinda_dem_utm25s\.tif: has 1 band\(s\); --target-bands \[2\] is out of range .*e\.g\. --target-bands 1\)")
     # with bands chosen it plans (DEM CRS is a WKT equal in meaning to EPSG:31985)
     job = pipelines.prepare(l7, dem, str(tmp_path / "ok.tif"), CFG.replace(guide_bands=(3, 2, 1)))
     assert job.scale == 3 and job.guide_bands == (3, 2, 1)

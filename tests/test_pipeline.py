@@ -2,7 +2,8 @@
 
 Proves: per-tile == single-tile == whole-image (seam-free), the output grid is exactly the RGB
 grid, the COG is valid, LR values are preserved under the area model, resume does only missing
-tiles, feathering, multi-band targets.
+tiles, feathering, multi-band targets; every method and custom tile function takes the one batch
+path (``cmsr.run_many`` for the core); result files are written atomically.
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ def test_guided_tiles_score_what_whole_image_scores(s2, tmp_path):
     assert abs(seam_ratio(out[0], 64) - seam_ratio(whole, 64)) < 0.02
 
 
+# a tiny budget, by top-level CMSRConfig fields only (switches such as the warp are the preset's)
 TINY = (("max_iters", 10), ("min_iters", 5), ("sr_width", 16), ("sr_depth", 4), ("self_ensemble", False),
         ("crop_size", 24), ("run_test_every", 5))
 
@@ -314,3 +316,152 @@ def test_tile_fn_by_import_path(s2, tmp_path):
     job = pipelines.prepare(s2["rgb"], s2["nir40"], str(tmp_path / "bad.tif"), cfg.replace(tile_fn="pipelines.tilefn"))
     with pytest.raises(ValueError, match="expected 'module:function'"):
         pipelines.run_tile(job.job_path, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# one execution path for every method; atomic result files
+
+
+def test_core_methods_and_custom_functions_take_the_one_batch_path(s2, tmp_path, monkeypatch):
+    """Method bicubic goes through ``cmsr.run_many`` (seeds ``seed + i``, one call per batch of
+    ``tiles_per_batch``); a custom function is called per tile inside the same batch path and
+    never reaches the core; ``run_tile`` is ``run_tiles`` of one tile; the results agree."""
+    import cmsr
+    from pipelines.job import execute
+
+    runs: list[tuple[str, list[int]]] = []
+    real_run_many = cmsr.run_many
+
+    def spy_run_many(targets, guides, scale, config=None, **kw):
+        runs.append((kw["method"], list(kw["seeds"])))
+        return real_run_many(targets, guides, scale, config, **kw)
+
+    batches: list[list[int]] = []
+    real_batch = execute._run_batch
+
+    def spy_batch(job, indices, batch_fn, weights):
+        batches.append(list(indices))
+        return real_batch(job, indices, batch_fn, weights)
+
+    monkeypatch.setattr(cmsr, "run_many", spy_run_many)
+    monkeypatch.setattr(execute, "_run_batch", spy_batch)
+    cfg = JobConfig(method="bicubic", tile_size=64, halo=16, quicklook=False, seed=3)
+    core = pipelines.superresolve(s2["rgb"], s2["nir40"], str(tmp_path / "core.tif"), cfg)
+    n = len(pipelines.load_job(str(tmp_path / "core.tif.work" / "job.json")).plan.tiles)
+    assert runs == [("bicubic", [3 + i]) for i in range(n)]  # a per-tile method: batches of one
+    assert batches == [[i] for i in range(n)]
+    runs.clear(), batches.clear()
+    grouped = pipelines.superresolve(s2["rgb"], s2["nir40"], str(tmp_path / "grouped.tif"), cfg.replace(batch_tiles=4))
+    assert [len(seeds) for _, seeds in runs] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert [i for b in batches for i in b] == list(range(n))
+    runs.clear(), batches.clear()
+    custom = pipelines.superresolve(s2["rgb"], s2["nir40"], str(tmp_path / "custom.tif"),
+                                    cfg.replace(tile_fn="pipelines.tilefn:bicubic_tile_fn", batch_tiles=4))
+    assert runs == [] and [len(b) for b in batches][0] == 4  # the function, adapted; not the core
+    a, _ = read(core.cog)
+    b, _ = read(grouped.cog)
+    c, _ = read(custom.cog)
+    lo, hi = json.load(open(core.report))["target_range"][0]
+    np.testing.assert_array_equal(a, b)  # batching changes nothing for a per-tile method
+    assert np.nanmax(np.abs(a - c)) / (hi - lo) < 1e-4  # the core's bicubic == the pipeline's
+    # run_tile(i) is run_tiles([i]): same file, same stats; a finished tile is reused by both
+    job = pipelines.load_job(str(tmp_path / "custom.tif.work" / "job.json"))
+    first = np.load(job.tile_paths(2)[0])
+    os.unlink(job.tile_paths(2)[1])
+    batches.clear()
+    again = pipelines.run_tile(job.job_path, 2)
+    assert batches == [[2]] and not again.reused
+    np.testing.assert_array_equal(np.load(again.path), first)
+    assert pipelines.run_tiles(job.job_path, [2])[0].reused and pipelines.run_tile(job.job_path, 2).reused
+    assert batches == [[2]]
+
+
+def test_a_failing_tile_keeps_every_finished_batch(s2, tmp_path):
+    """Per-tile functions run one tile per batch, so every tile before a failure is on disk;
+    with ``batch_tiles`` the failing tile's batch is lost, the batches before it are kept."""
+
+    def crash_on_5(target, guide, scale, ctx):
+        if ctx.tile_index == 5:
+            raise IndexError("simulated bad window")
+        return bicubic_tile_fn(target, guide, scale, ctx)
+
+    cfg = JobConfig(method="bicubic", tile_size=64, halo=16, quicklook=False)
+    job = pipelines.prepare(s2["rgb"], s2["nir40"], str(tmp_path / "f.tif"), cfg)
+    todo = pipelines.pending(job)
+    with pytest.raises(IndexError, match="simulated"):
+        pipelines.run_tiles(job.job_path, todo, tile_fn=crash_on_5)
+    assert pipelines.pending(job) == todo[5:]
+    res = pipelines.run_tiles(job.job_path, todo, tile_fn=bicubic_tile_fn)
+    assert [r.reused for r in res] == [True] * 5 + [False] * (len(todo) - 5)
+    grouped = pipelines.prepare(s2["rgb"], s2["nir40"], str(tmp_path / "g.tif"), cfg.replace(batch_tiles=4))
+    with pytest.raises(IndexError, match="simulated"):
+        pipelines.run_tiles(grouped.job_path, todo, tile_fn=crash_on_5)
+    assert pipelines.pending(grouped) == todo[4:]  # tiles 4..7 were one batch
+    assert not [f for f in os.listdir(os.path.join(grouped.work_dir, "tiles")) if f.startswith(".")]  # no temp left
+
+
+def test_batch_sizes_warm_start_weights_and_result_counts(s2, tmp_path, monkeypatch):
+    """``tiles_per_batch``: ``batch_tiles`` when set, ``cmsr.choose_batch_size`` for cmsr/zssr,
+    1 for other methods and custom functions. Missing warm-start weights and a batch function
+    that answers for the wrong number of tiles are errors before anything is written."""
+    import cmsr
+    from pipelines import tilefn
+    from pipelines.job import tiles_per_batch
+
+    monkeypatch.setattr(cmsr, "choose_batch_size", lambda *a, **k: 7)
+    base = JobConfig(method="cmsr", preset="fast", tile_size=64, halo=16, quicklook=False, work_dir=str(tmp_path / "w"))
+
+    def job(**changes):
+        return pipelines.prepare(s2["rgb"], s2["nir40"], str(tmp_path / "j.tif"), base.replace(**changes))
+
+    assert tiles_per_batch(job(), 20) == 7 and tiles_per_batch(job(), 1) == 1
+    assert tiles_per_batch(job(method="zssr"), 20) == 7
+    assert tiles_per_batch(job(batch_tiles=3), 20) == 3
+    assert tiles_per_batch(job(method="guided"), 20) == 1
+    assert tiles_per_batch(job(tile_fn="pipelines.tilefn:bicubic_tile_fn"), 20) == 1
+    assert tiles_per_batch(job(), 20, tile_fn=bicubic_tile_fn) == 1
+    warm = job(warm_start=True)
+    with pytest.raises(RuntimeError, match="run pipelines.pretrain_survey first"):
+        pipelines.run_tile(warm.job_path, 0)
+    bad = job(method="bicubic")
+    monkeypatch.setattr(tilefn, "resolve", lambda config, override=None: lambda t, g, s, c: [])
+    with pytest.raises(RuntimeError, match="returned 0 results for 1 tiles"):
+        pipelines.run_tile(bad.job_path, 0)
+    assert pipelines.pending(bad) == [t.index for t in bad.plan.tiles]
+
+
+def test_batch_of_adapts_a_tile_function():
+    """``batch_of``: the function on each tile in turn, each answer as (image, stats)."""
+    from pipelines import batch_of
+
+    seen = []
+
+    def fn(target, guide, scale, ctx):
+        seen.append(ctx)
+        return (target * 2, {"k": 1}) if ctx == "b" else target + 1
+
+    out = batch_of(fn)([np.zeros(2), np.ones(2)], [None, None], 4, ["a", "b"])
+    assert seen == ["a", "b"]
+    np.testing.assert_array_equal(out[0][0], [1, 1])
+    assert out[0][1] == {} and out[1][1] == {"k": 1}
+    np.testing.assert_array_equal(out[1][0], [2, 2])
+
+
+def test_atomic_output_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
+    from tiling.files import atomic_output
+
+    p = tmp_path / "a.npy"
+    with atomic_output(p) as tmp:
+        # beside the target (one file system), with its extension (np.save would append .npy)
+        assert os.path.dirname(tmp) == str(tmp_path) and tmp.endswith(".npy") and not p.exists()
+        np.save(tmp, np.arange(3))
+    np.testing.assert_array_equal(np.load(p), np.arange(3))
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output(p) as tmp:
+            np.save(tmp, np.arange(5))
+            1 / 0
+    np.testing.assert_array_equal(np.load(p), np.arange(3))  # the old file, untouched
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(tmp_path / "b.tif")):
+            raise RuntimeError("writer failed")
+    assert os.listdir(tmp_path) == ["a.npy"]  # no temp, no half-written b.tif

@@ -21,6 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 
 from .errors import InputWarning, InvalidInput
+from .files import atomic_output
 from .grid import Grid, Window
 from .plan import TilePlan
 from .rasters import RasterInfo
@@ -132,13 +133,10 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
         crs=lr.crs or None, transform=lr.affine, nodata=float("nan"), tiled=True,
         blockxsize=256, blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
     )
-    d = os.path.dirname(dst_path)
-    fd, tmp = tempfile.mkstemp(prefix=".target_lr.", suffix=".tif", dir=d)
-    os.close(fd)
     rows = _strip_rows(lr.width, len(bands))
     rows = rows // 256 * 256 if rows >= 256 else rows  # whole output blocks when large
     nodata = target.nodata_value
-    try:
+    with atomic_output(dst_path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(target.path) as src, rasterio.open(tmp, "w", **profile) as dst:
@@ -177,10 +175,6 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
                     dst.set_band_description(i + 1, target.descriptions[b - 1] or f"band {b}")
                     if target.units[b - 1]:
                         dst.set_band_unit(i + 1, target.units[b - 1])
-        os.replace(tmp, dst_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return Resampled(dst_path, mode)
 
 
@@ -306,14 +300,12 @@ def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterI
     integer = np.issubdtype(np.dtype(rgb.dtype), np.integer)
     opaque = np.iinfo(rgb.dtype).max if integer else 1.0
     d = os.path.dirname(dst_path)
-    fd, tmp = tempfile.mkstemp(prefix=".rgb_hr.", suffix=".tif", dir=d)
-    os.close(fd)
-    fd, vtmp = tempfile.mkstemp(prefix=".rgb_valid.", suffix=".tif", dir=d)
+    fd, vtmp = tempfile.mkstemp(prefix=".rgb_valid.", suffix=".tif", dir=d)  # scratch, always removed
     os.close(fd)
     read_bands = bands + ((rgb.alpha_band,) if rgb.alpha_band else ())
     g = rgb.grid
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), atomic_output(dst_path) as tmp:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             # 1) the source's validity (2 valid, 1 invalid, 0 outside) on the source grid
             vprof = dict(driver="GTiff", width=g.width, height=g.height, count=1, dtype="uint8", crs=g.crs,
@@ -352,10 +344,8 @@ def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterI
                               resampling=Resampling.nearest)
                     out[-1] = np.where(v == 2, opaque, 0).astype(rgb.dtype)
                     dst.write(out, window=((win.row, win.row_end), (win.col, win.col_end)))
-        os.replace(tmp, dst_path)
     finally:
-        for p in (tmp, vtmp):
-            if os.path.exists(p):
-                os.unlink(p)
+        if os.path.exists(vtmp):
+            os.unlink(vtmp)
     # our own layout: the last band is the validity (alpha), whatever the TIFF tags say
     return replace(inspect(dst_path, "RGB (warped north-up)", rgb.grid.crs), alpha_band=count)

@@ -7,8 +7,6 @@ driver then writes the final file (overviews included) from that, also blockwise
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -16,6 +14,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import Resampling
 
+from .files import atomic_output
 from .grid import Grid, Window
 from .plan import TilePlan, TileSpec
 
@@ -157,20 +156,13 @@ def write_cog(src_path: str, out_path: str, tags: Mapping[str, str], compress: s
         raise ValueError(f"compress {compress!r}: expected one of {COMPRESSIONS}")
     with rasterio.open(src_path, "r+") as src:
         src.update_tags(**{k: str(v) for k, v in tags.items()})
-    d = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".tmp.tif", dir=d)
-    os.close(fd)
-    try:
+    with atomic_output(out_path) as tmp:
         # LEVEL=1: float32 with predictor 3 compresses within ~1% of the default level at half
         # the time (benchmarks/RESULTS.md, Pipeline); compression threads do not change the bytes.
         rasterio.shutil.copy(
             src_path, tmp, driver="COG", COMPRESS=compress.upper(), LEVEL="1", PREDICTOR="3", BLOCKSIZE="512",
             OVERVIEW_RESAMPLING="AVERAGE", OVERVIEWS="AUTO", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
         )
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_decimated(path: str, bands: list[int], size: tuple[int, int], resampling: Resampling,
@@ -228,15 +220,8 @@ def write_quicklook(path: str, panels: list[np.ndarray], labels: list[str]) -> N
     for p, lab in zip(panels, labels):
         draw.text((x + 2, 1), lab, fill=(0, 0, 0))
         x += p.shape[1] + gap
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".quicklook.", suffix=".png", dir=d)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def area_pool(a: np.ndarray, s: int) -> np.ndarray:

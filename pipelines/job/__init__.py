@@ -1,0 +1,40 @@
+"""One super-resolution job, as its stages: prepare -> run_tiles (any number, anywhere) -> finish.
+
+Every stage takes paths and returns small JSON-able values, so ``flows`` can fan tiles out over
+Dask/Prefect: a worker needs only ``job.json`` (shared storage) and tile indexes. Tile results
+are written atomically under ``<work_dir>/tiles/`` with the plan's key, so a restarted job does
+only the missing tiles.
+
+Modules, in the order a job uses them (each imports only those before it): ``records`` (Job,
+TileResult, JobOutputs and their files), ``tile_store`` (tile result files, resume, ``pending``),
+``preparation`` (``prepare``), ``tile_inputs`` (a tile's windows, its answer masked back),
+``execute`` (``run_tiles``/``run_tile``/``pretrain_survey``), ``outputs`` (``finish``: stitch,
+COG, report, quick-look). Module names differ from the functions they hold, so
+``pipelines.job.prepare`` is always the function.
+"""
+
+from __future__ import annotations
+
+from .. import tilefn
+from ..config import JobConfig
+from .execute import pretrain_survey, run_tile, run_tiles, tiles_per_batch, warm_start_paths
+from .outputs import finish, write_job_quicklook
+from .preparation import prepare
+from .records import Job, JobOutputs, TileResult, load_job
+from .tile_store import pending
+
+
+def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = None,
+                 tile_fn: tilefn.TileFn | None = None) -> JobOutputs:
+    """The whole job in this process (``flows`` distributes the same stages)."""
+    job = prepare(rgb, target, out, config)
+    pretrain_survey(job.job_path)
+    results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
+    return finish(job.job_path, results)
+
+
+__all__ = [
+    "Job", "JobConfig", "JobOutputs", "TileResult", "prepare", "load_job", "run_tile", "run_tiles",
+    "tiles_per_batch", "pending", "pretrain_survey", "warm_start_paths", "finish", "write_job_quicklook",
+    "superresolve",
+]

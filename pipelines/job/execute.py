@@ -1,0 +1,150 @@
+"""Stage 2: super-resolve tiles -> tile result files (``run_tiles``; ``run_tile`` is one of them).
+
+There is one path for every method: tiles are read, handed band by band to the job's batch
+function (``pipelines.tilefn``: the core's ``cmsr.run_many``, or a per-tile function adapted to
+the batch shape), masked, and written one result file per tile. Tiles already finished are
+reused and tiles below the valid-pixel threshold are marked skipped before anything is computed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tiling.files import atomic_output
+
+from .. import tilefn
+from .records import Job, TileResult, load_job
+from .tile_inputs import finish_tile_band, read_tile_inputs
+from .tile_store import finished, reused, write_skipped, write_tile_result
+
+
+def warm_start_paths(job: Job) -> list[str]:
+    """One warm-start weight file per target band (bands differ in what they relate to the RGB),
+    named by the plan key so weights from other inputs or settings in the same work dir are never reused."""
+    return [os.path.join(job.work_dir, f"warm_start_{job.key[:16]}_band{b + 1}.pt") for b in range(len(job.target_bands))]
+
+
+def _warm_starts(job: Job) -> bool:
+    return job.config.warm_start and tilefn.uses_core(job.config)
+
+
+def pretrain_survey(job_path: str, candidates: int = 16) -> list[str]:
+    """Survey warm start: train the networks on representative tiles once -> weight files.
+
+    Candidates are up to ``candidates`` processed tiles spread evenly over the plan (reading
+    every tile would cost a pass over the mosaic); ``cmsr.warm_start`` picks the representatives
+    among them by texture. Files are written atomically and reused on resume. Returns [] when
+    the job does not warm-start.
+    """
+    job = load_job(job_path)
+    if not _warm_starts(job):
+        return []
+    paths = warm_start_paths(job)
+    if job.config.resume and all(os.path.exists(p) for p in paths):
+        return paths
+    from cmsr import warm_start
+
+    active = [t.index for t in job.plan.tiles if not t.skip]
+    if not active:
+        return []
+    picks = sorted({active[int(round(q))] for q in np.linspace(0, len(active) - 1, min(candidates, len(active)))})
+    inputs = [read_tile_inputs(job, i) for i in picks]
+    cfg = tilefn.cmsr_config(job.config)
+    guide_range = np.asarray(job.guide_range, dtype=np.float64)
+    for b, path in enumerate(paths):
+        state = warm_start.pretrain_arrays(
+            [inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, cfg,
+            seed=job.config.seed, device=job.config.device, target_range=job.target_range[b], guide_range=guide_range,
+        )
+        with atomic_output(path) as tmp:
+            warm_start.save_state(tmp, state)
+    return paths
+
+
+def tiles_per_batch(job: Job, count: int, tile_fn: tilefn.TileFn | None = None) -> int:
+    """Tiles per call of the batch function: ``batch_tiles`` when set; else, for the core's
+    training methods, as many as fit the device (``cmsr.choose_batch_size``); else 1 (a per-tile
+    function gains nothing from a batch, and one at a time puts every result on disk as soon
+    as it is done)."""
+    if count <= 1:
+        return 1
+    if job.config.batch_tiles:
+        return job.config.batch_tiles
+    if not (tilefn.uses_core(job.config, tile_fn) and job.config.method in tilefn.TRAINING_METHODS):
+        return 1
+    import cmsr
+
+    spec = job.plan.tiles[0]
+    return cmsr.choose_batch_size((spec.read.height, spec.read.width), tilefn.cmsr_config(job.config),
+                                  job.config.device, guide_channels=len(job.guide_bands), scale=job.plan.scale)
+
+
+def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
+               weights: Sequence[str | None]) -> list[TileResult]:
+    """Tiles ``indices`` (none reused or skipped) through ``batch_fn``, band by band -> result files.
+
+    Tile ``i`` gets seed ``seed + i`` whatever batch it is in. ``seconds`` and ``fn_seconds``
+    of each result are its share of the batch's."""
+    t0 = time.perf_counter()
+    inputs = [read_tile_inputs(job, i) for i in indices]
+    outs = [np.empty((len(job.target_bands), inp.spec.read.height, inp.spec.read.width), np.float32) for inp in inputs]
+    band_stats: list[list[dict]] = [[] for _ in indices]
+    fn_seconds = 0.0
+    for b in range(len(job.target_bands)):
+        contexts = [tilefn.TileContext(job.config, job.target_range[b], job.guide_range, job.config.seed + i, i, b,
+                                       weights[b]) for i in indices]
+        tf = time.perf_counter()
+        res = batch_fn([inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, contexts)
+        fn_seconds += time.perf_counter() - tf
+        if len(res) != len(indices):
+            raise RuntimeError(f"tiles {indices}: the tile function returned {len(res)} results for {len(indices)} tiles")
+        for k, (inp, r) in enumerate(zip(inputs, res)):
+            outs[k][b], st = finish_tile_band(job, inp, b, r)
+            band_stats[k].append(st)
+    share = (time.perf_counter() - t0) / len(indices)
+    return [write_tile_result(job, inp.spec, out, st, share, fn_seconds / len(indices))
+            for inp, out, st in zip(inputs, outs, band_stats)]
+
+
+def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | None = None) -> list[TileResult]:
+    """Tiles ``indices`` of the job, in batches of ``tiles_per_batch``; one ``TileResult`` each, in order.
+
+    A finished tile (resume) is returned as found, a skipped one marked done; the rest go through
+    the job's batch function (``tile_fn``, a per-tile function, replaces it for this call). Each
+    tile's result is written atomically as soon as its batch is done, so an interrupted call
+    keeps every finished batch."""
+    job = load_job(job_path)
+    results: dict[int, TileResult] = {}
+    todo: list[int] = []  # in the caller's order (neighbours batch together), each tile once
+    for i in map(int, indices):
+        if not 0 <= i < len(job.plan.tiles):
+            raise IndexError(f"tile {i}: the plan has {len(job.plan.tiles)} tiles")
+        done = finished(job, i) if job.config.resume else None
+        if done is not None:
+            results[i] = reused(done)
+        elif job.plan.tiles[i].skip:
+            results[i] = write_skipped(job, i)
+        elif i not in todo:
+            todo.append(i)
+    if todo:
+        batch_fn = tilefn.resolve(job.config, tile_fn)
+        weights: list[str | None] = [None] * len(job.target_bands)
+        if _warm_starts(job) and tile_fn is None:
+            weights = list(warm_start_paths(job))
+            missing = [p for p in weights if not os.path.exists(p)]
+            if missing:
+                raise RuntimeError(f"warm start weights {missing[0]} are missing: run pipelines.pretrain_survey first")
+        size = tiles_per_batch(job, len(todo), tile_fn)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            results.update(zip(chunk, _run_batch(job, chunk, batch_fn, weights)))
+    return [results[int(i)] for i in indices]
+
+
+def run_tile(job_path: str, index: int, tile_fn: tilefn.TileFn | None = None) -> TileResult:
+    """The unit of work: ``run_tiles(job_path, [index], tile_fn)``, the same path as a batch."""
+    return run_tiles(job_path, [index], tile_fn)[0]

@@ -1,0 +1,151 @@
+"""Stage 3: finished tiles -> stitched GeoTIFF -> COG -> report JSON -> quick-look PNG.
+
+It reads the tiles from disk, not from the results it is handed (those only add timing and
+reuse), so a job can be finished by any process once every tile has a result file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from tiling import output
+from tiling.grid import Window
+
+from ..config import JobConfig
+from .records import Job, JobOutputs, TileResult, load_job, write_json
+from .tile_store import finished
+
+
+def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs:
+    """Stitch the tiles by windows -> COG (temp + rename) -> JSON report -> quick-look PNG.
+    Raises ``RuntimeError`` naming the tiles without a result."""
+    t0 = time.perf_counter()
+    job = load_job(job_path)
+    given = {r.index: r for r in (results or [])}
+    all_results: dict[int, TileResult] = {}
+    missing = []
+    for t in job.plan.tiles:
+        r = finished(job, t.index)
+        if r is None and t.skip:
+            r = TileResult(t.index, None, True, False, 0.0, t.valid_fraction, {})
+        if r is None:
+            missing.append(t.index)
+            continue
+        if t.index in given:
+            r = TileResult(**{**r.to_dict(), "reused": given[t.index].reused, "seconds": given[t.index].seconds})
+        all_results[t.index] = r
+    if missing:
+        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise RuntimeError(f"job {job_path}: {len(missing)} tile(s) have no result yet ({head}); run them first")
+
+    n = len(job.target_bands)
+    descriptions = [job.target.descriptions[b - 1] or f"band {b}" for b in job.target_bands]
+    units = [job.target.units[b - 1] for b in job.target_bands]
+    stitched = os.path.join(job.work_dir, "stitched.tif")
+    output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
+
+    def load(i: int) -> np.ndarray | None:
+        r = all_results[i]
+        return None if r.skipped or r.path is None else np.load(r.path, mmap_mode="r")
+
+    seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
+    t_stitch = time.perf_counter() - t0
+    cfg = job.config
+    tags = {
+        "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
+        "CMSR_PRESET": _preset_name(cfg), "CMSR_SCALE": job.scale, "CMSR_TILE_SIZE": job.plan.tile_size,
+        "CMSR_HALO": job.plan.halo, "CMSR_STITCH": cfg.stitch, "CMSR_SEED": cfg.seed,
+        "CMSR_DEGRADATION": cfg.degradation, "CMSR_INPUT_RGB": os.path.basename(job.rgb.path),
+        "CMSR_INPUT_RGB_SHA256": job.checksums[job.rgb.path],
+        "CMSR_INPUT_TARGET": os.path.basename(job.target.path),
+        "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
+        "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
+    }
+    output.write_cog(stitched, job.out, tags, cfg.compress)
+    os.unlink(stitched)
+    t_cog = time.perf_counter() - t0 - t_stitch
+    quick = None
+    if cfg.quicklook:
+        quick = job.quicklook_path
+        write_job_quicklook(job, quick)
+    report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0}, seams)
+    write_json(job.report_path, report, indent=1)
+    return JobOutputs(job.out, job.report_path, quick)
+
+
+def _preset_name(cfg: JobConfig) -> str:
+    if cfg.method not in ("cmsr", "zssr") or cfg.tile_fn:
+        return ""
+    if cfg.preset:
+        return cfg.preset
+    try:
+        from cmsr.config import DEFAULT_PRESET
+
+        return DEFAULT_PRESET
+    except ImportError:
+        return "default"
+
+
+def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, float],
+            seams: dict[str, float | None]) -> dict:
+    rs = [results[i] for i in sorted(results)]
+    done = [r for r in rs if not r.skipped]
+    cons = [r.stats.get("consistency_max") for r in done if "consistency_max" in r.stats]
+    cmae = [r.stats.get("consistency_mae") for r in done if "consistency_mae" in r.stats]
+    return {
+        "output": job.out, "quicklook": job.quicklook_path if job.config.quicklook else None,
+        "inputs": {"rgb": job.rgb.path, "target": job.target.path, "sha256": job.checksums},
+        "version": job.version, "config": job.config.to_dict(), "plan_key": job.key,
+        "grids": {"hr": job.plan.hr_grid.to_dict(), "lr": job.plan.lr_grid.to_dict()},
+        "scale": job.scale, "gsd_ratio": job.gsd_ratio, "overlap": job.overlap, "target_resampling": job.resampling,
+        "tile_size": job.plan.tile_size, "halo": job.plan.halo,
+        "target_range": job.target_range, "guide_range": job.guide_range, "warnings": list(job.warnings),
+        "totals": {
+            "tiles": len(rs), "processed": len(done), "skipped": len(rs) - len(done),
+            "reused": sum(r.reused for r in done), "tile_seconds": float(sum(r.seconds for r in done)),
+            "finish_seconds": phase_seconds["finish"], "stitch_seconds": phase_seconds["stitch"],
+            "cog_seconds": phase_seconds["cog"],
+            "tile_function_seconds": float(sum(r.stats.get("fn_seconds", 0.0) for r in done)),
+            "consistency_max": max(cons) if cons else None,
+            "consistency_mae": float(np.mean(cmae)) if cmae else None,
+            **seams,
+        },
+        "tiles": [r.to_dict() for r in rs],
+    }
+
+
+def write_job_quicklook(job: Job, path: str) -> None:
+    """RGB | bicubic | super-resolved (first band), decimated, one colour scale for both.
+
+    The RGB panel was sampled during ``prepare``'s pass over the mosaic (an orthomosaic often
+    has no overviews, so a second full decode of it here would cost more than a cheap job)."""
+    from rasterio.enums import Resampling
+
+    hr = job.plan.hr_grid
+    size = output.quicklook_size(hr)
+    preview = os.path.join(job.work_dir, "preview_rgb.npy")
+    if os.path.exists(preview):
+        g = np.load(preview)[:3]
+    else:
+        g = output.read_decimated(job.guide_path, list(job.guide_bands[:3]), size, Resampling.average)
+    rgb = np.stack(
+        [output.to_uint8(g[i], *job.guide_range[i]) for i in range(g.shape[0])], axis=-1
+    )
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    rgb[~np.all(np.isfinite(g), axis=0)] = 128  # RGB nodata grey, as in the other panels
+    s = job.scale
+    # the LR target over exactly the HR extent: fractional LR pixels at the end are whole ones
+    lr_win = Window(0, 0, output.ceil_div(hr.height, s), output.ceil_div(hr.width, s))
+    bic = output.read_decimated(job.target_lr, [1], size, Resampling.cubic, window=lr_win)[0]
+    sr = output.read_decimated(job.out, [1], size, Resampling.average)[0]
+    lo, hi = job.target_range[0]
+    panels = [
+        rgb,
+        output.colorize(output.to_uint8(bic, lo, hi), ~np.isfinite(bic)),
+        output.colorize(output.to_uint8(sr, lo, hi), ~np.isfinite(sr)),
+    ]
+    output.write_quicklook(path, panels, ["RGB", "bicubic", job.config.tile_fn or job.config.method])

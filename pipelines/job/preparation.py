@@ -1,0 +1,149 @@
+"""Stage 1: validate the inputs, align them, plan the tiles -> ``<work_dir>/job.json``.
+
+Everything that needs the whole mosaic happens here, once: the target is put onto the LR grid
+and the survey-level ranges are measured, so every tile (wherever it runs) normalises alike and
+reads only its own windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import replace
+
+from tiling import align, output, plan as tplan, rasters
+from tiling.errors import InputWarning, InvalidInput
+
+from ..config import JobConfig
+from .records import JOB_FORMAT, Job, load_job, package_version, save_npy, write_job
+from .tile_store import clear_tiles
+
+#: how each band option is spelled on the command line (``cmsr run``): 1-based numbers, commas
+BAND_OPTIONS = {"RGB": ("--guide-bands", "--guide-bands 3,2,1"), "target": ("--target-bands", "--target-bands 1")}
+
+
+def select_bands(info: rasters.RasterInfo, wanted: tuple[int, ...] | None, role: str,
+                 allowed: tuple[int, int]) -> tuple[int, ...]:
+    """The 1-based bands of ``info`` to use: ``wanted``, else its colour bands (all but alpha).
+    Errors name the ``cmsr run`` option that chooses them, in the form it takes."""
+    flag, example = BAND_OPTIONS[role]
+    bands = wanted if wanted is not None else info.color_bands
+    bad = [b for b in bands if not 1 <= b <= info.count]
+    if bad:
+        raise InvalidInput(
+            f"{role} file {info.path}: has {info.count} band(s); {flag} {list(bands)} is out of range "
+            f"(1-based band numbers 1..{info.count}, comma-separated, e.g. {example})"
+        )
+    if not allowed[0] <= len(bands) <= allowed[1]:
+        raise InvalidInput(
+            f"{role} file {info.path}: has {len(bands)} usable band(s), expected {allowed[0]}..{allowed[1]} "
+            f"(choose bands with {flag}): 1-based band numbers, comma-separated, e.g. {example}"
+        )
+    return tuple(bands)
+
+
+def core_max_scale(config: JobConfig) -> int | None:
+    """The core's largest scale when tiles go through ``cmsr`` (None for custom functions)."""
+    if config.tile_fn is not None:
+        return None
+    try:
+        from cmsr.api import MAX_SCALE
+    except ImportError:
+        return None
+    return int(MAX_SCALE)
+
+
+def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) -> Job:
+    """Validate the inputs, align (scale, LR grid, target onto it once), plan the tiles, compute
+    survey-level statistics, and write ``<work_dir>/job.json``. Inputs are never modified.
+
+    With ``resume`` and an unchanged plan key the existing job is returned as is (only settings
+    that do not change tile results are taken from ``config``); without, tile results are deleted.
+    """
+    config = config or JobConfig()
+    out = os.path.abspath(out)
+    rgb_info = rasters.inspect(rgb, "RGB", config.assume_crs)
+    tgt_info = rasters.inspect(target, "target", config.assume_crs)
+    align.check_output(out, [rgb, target])
+    work_dir = os.path.abspath(config.work_dir or out + ".work")
+    guide_bands = select_bands(rgb_info, config.guide_bands, "RGB", (1, 4))
+    target_bands = select_bands(tgt_info, config.target_bands, "target", (1, 16))
+    hr = rgb_info.grid if rgb_info.grid.is_north_up else align.north_up_grid(rgb_info.grid)
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as wlist:
+        warnings.simplefilter("always", InputWarning)
+        overlap = align.check_overlap(hr, rgb_info.path, tgt_info)
+    for w in wlist:
+        caught.append(str(w.message))
+        warnings.warn(str(w.message), InputWarning, stacklevel=2)
+    s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale)
+    core_max = core_max_scale(config)
+    if core_max is not None and s > core_max:
+        raise InvalidInput(
+            f"target file {tgt_info.path}: scale {s} is above what method {config.method!r} supports ({core_max}); "
+            "pass --scale N with a smaller N"
+        )
+    geometry = tplan.make_plan(hr, s, config.tile_size, config.halo)
+
+    try:
+        os.makedirs(os.path.join(work_dir, "tiles"), exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"work directory {work_dir}: cannot be created ({exc.strerror})") from None
+    if not os.access(work_dir, os.W_OK):
+        raise InvalidInput(f"work directory {work_dir}: is not writable")
+
+    checksums = {rgb_info.path: rasters.sha256_file(rgb_info.path), tgt_info.path: rasters.sha256_file(tgt_info.path)}
+    key_src = {
+        "format": JOB_FORMAT, "version": package_version(), "inputs": [checksums[rgb_info.path], checksums[tgt_info.path]],
+        "config": config.result_fields(), "guide_bands": guide_bands, "target_bands": target_bands,
+        "hr": hr.to_dict(), "scale": s, "tile": geometry.tile_size, "halo": geometry.halo,
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    job_path = os.path.join(work_dir, "job.json")
+    if not config.resume:
+        clear_tiles(work_dir)  # start over: pending() then lists every tile
+    elif os.path.exists(job_path):
+        try:
+            old = load_job(job_path)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            old = None
+        if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
+            # same plan: keep the LR target, the statistics and the tiles; settings that do not
+            # change tile results (stitch, compress, quick-look, ...) come from this call
+            if old.config == config:
+                return old
+            job = replace(old, config=config)
+            write_job(job)
+            return job
+
+    guide_info, job_guide_bands = rgb_info, guide_bands
+    if not rgb_info.grid.is_north_up:  # the only case the RGB is resampled: onto the HR grid
+        guide_info = align.rgb_to_hr(rgb_info, guide_bands, os.path.join(work_dir, "rgb_hr.tif"))
+        job_guide_bands = tuple(range(1, len(guide_bands) + 1))
+        assert guide_info.grid.same_as(hr)
+    target_lr = os.path.join(work_dir, "target_lr.tif")
+    resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
+    try:
+        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands, config.percentiles,
+                                   preview_size=output.quicklook_size(hr))
+    except InvalidInput:
+        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
+    if stats.preview is not None:
+        save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
+    full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
+    if all(t.valid_fraction <= 0.0 for t in full_plan.tiles):
+        raise InvalidInput(
+            f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target {tgt_info.path}"
+        )
+    job = Job(
+        key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
+        guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
+        resampling=resampled.resampling, plan=full_plan, gsd_ratio=ratio, overlap=overlap,
+        target_range=stats.target_range, guide_range=stats.guide_range, checksums=checksums,
+        warnings=tuple(caught),
+    )
+    write_job(job)
+    return job
