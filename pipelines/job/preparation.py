@@ -7,13 +7,15 @@ reads only its own windows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import warnings
 from dataclasses import replace
 
-from tiling import align, output, plan as tplan, rasters
+from tiling import align, output, rasters
+from tiling.plan import make_plan
 from tiling.errors import InputWarning, InvalidInput
 
 from ..config import JobConfig
@@ -48,11 +50,9 @@ def core_max_scale(config: JobConfig) -> int | None:
     """The core's largest scale when tiles go through ``cmsr`` (None for custom functions)."""
     if config.tile_fn is not None:
         return None
-    try:
-        from cmsr.api import MAX_SCALE
-    except ImportError:
-        return None
-    return int(MAX_SCALE)
+    from cmsr.inputs import MAX_SCALE
+
+    return MAX_SCALE
 
 
 def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) -> Job:
@@ -85,7 +85,7 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
             f"target file {tgt_info.path}: scale {s} is above what method {config.method!r} supports ({core_max}); "
             "pass --scale N with a smaller N"
         )
-    geometry = tplan.make_plan(hr, s, config.tile_size, config.halo)
+    geometry = make_plan(hr, s, config.tile_size, config.halo)
 
     try:
         os.makedirs(os.path.join(work_dir, "tiles"), exist_ok=True)
@@ -126,8 +126,11 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         assert guide_info.grid.same_as(hr)
     target_lr = os.path.join(work_dir, "target_lr.tif")
     resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
+    from cmsr.inputs import robust_range  # here: importing the core loads torch
+
     try:
-        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands, config.percentiles,
+        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
+                                   functools.partial(robust_range, percentiles=config.percentiles),
                                    preview_size=output.quicklook_size(hr))
     except InvalidInput:
         raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
