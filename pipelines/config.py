@@ -18,7 +18,7 @@ class JobConfig:
     preset: str | None = None
     """``CMSRConfig.preset`` name for cmsr/zssr; None -> ``cmsr.config.DEFAULT_PRESET``."""
     scale: int | None = None
-    """Integer zoom factor HR/LR; None -> the rounded ratio of ground sample distances (2..16)."""
+    """Integer zoom factor HR/LR; None -> the rounded ratio of ground sample distances (the core takes 2..8)."""
     tile_size: int = 512
     """Core edge in HR pixels (snapped down to a multiple of the scale)."""
     halo: int = 32

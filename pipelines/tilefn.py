@@ -96,8 +96,8 @@ def batch_of(fn: TileFn) -> TileBatchFn:
 def bicubic_tile_fn(target: np.ndarray, guide: np.ndarray, scale: int, ctx: TileContext) -> np.ndarray:
     """MATLAB-compatible bicubic upsampling of the tile (nodata filled locally, masked after).
 
-    Needs only ``cmsr.resize``: used directly by tests and benchmarks, and for
-    ``method="bicubic"`` when the core's ``cmsr.run_many`` is unavailable."""
+    A tile function of the simplest kind (no training, no guide): the reference that tests and
+    benchmarks pass as ``tile_fn`` to check the job's tiling, stitching and georeferencing."""
     import torch
 
     from cmsr.resize import upsample_torch
@@ -135,13 +135,4 @@ def resolve(config: JobConfig, override: TileFn | None = None) -> TileBatchFn:
         return batch_of(override)
     if config.tile_fn:
         return batch_of(import_tile_fn(config.tile_fn))
-    try:
-        import cmsr
-
-        if hasattr(cmsr, "run_many"):
-            return core_batch_fn
-    except ImportError:
-        pass
-    if config.method == "bicubic":
-        return batch_of(bicubic_tile_fn)
-    raise RuntimeError(f"method {config.method!r} needs cmsr.run_many (cmsr.api), which is not available")
+    return core_batch_fn

@@ -81,12 +81,9 @@ def _preset_name(cfg: JobConfig) -> str:
         return ""
     if cfg.preset:
         return cfg.preset
-    try:
-        from cmsr.config import DEFAULT_PRESET
+    from cmsr.config import DEFAULT_PRESET
 
-        return DEFAULT_PRESET
-    except ImportError:
-        return "default"
+    return DEFAULT_PRESET
 
 
 def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, float],

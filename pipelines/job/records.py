@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tiling import plan as tplan, rasters
+from tiling import rasters
+from tiling.plan import TilePlan
 from tiling.files import atomic_output
 
 from ..config import JobConfig
@@ -45,7 +46,7 @@ class Job:
     target_bands: tuple[int, ...]
     target_lr: str  # target on the LR grid (float32, NaN nodata), in the work dir
     resampling: str  # how the target got onto the LR grid: copy | average | bilinear
-    plan: tplan.TilePlan
+    plan: TilePlan
     gsd_ratio: float
     overlap: float
     target_range: tuple[tuple[float, float], ...]
@@ -100,7 +101,7 @@ class Job:
             target=rasters.RasterInfo.from_dict(d["target"]), out=d["out"], work_dir=d["work_dir"],
             guide=rasters.RasterInfo.from_dict(d["guide"]), guide_bands=tuple(d["guide_bands"]),
             target_bands=tuple(d["target_bands"]), target_lr=d["target_lr"], resampling=d["resampling"],
-            plan=tplan.TilePlan.from_dict(d["plan"]), gsd_ratio=float(d["gsd_ratio"]), overlap=float(d["overlap"]),
+            plan=TilePlan.from_dict(d["plan"]), gsd_ratio=float(d["gsd_ratio"]), overlap=float(d["overlap"]),
             target_range=tuple(tuple(r) for r in d["target_range"]),  # type: ignore[misc]
             guide_range=tuple(tuple(r) for r in d["guide_range"]),  # type: ignore[misc]
             checksums=dict(d["checksums"]), warnings=tuple(d["warnings"]), version=d["version"], format=d["format"],

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tiling import output, plan as tplan, rasters
+from tiling import output, rasters
+from tiling.plan import TileSpec
 
 from .records import Job
 
@@ -46,7 +47,7 @@ def _fill_invalid(guide: np.ndarray, valid: np.ndarray, guide_range) -> np.ndarr
 class TileInputs:
     """What a tile function sees for one tile (all bands), read from the job's files."""
 
-    spec: tplan.TileSpec
+    spec: TileSpec
     lr: np.ndarray  # (B, h, w) float32 target on the LR read window, NaN nodata, mirrored past the edge
     guide: np.ndarray  # (H, W, C) float32 guide on the HR read window, invalid pixels filled
     guide_valid: np.ndarray  # (H, W) bool: RGB valid and inside the mosaic
@@ -71,7 +72,7 @@ def _small(v: Any) -> bool:
     )
 
 
-def _consistency(img: np.ndarray, lr: np.ndarray, spec: tplan.TileSpec, s: int) -> dict[str, float]:
+def _consistency(img: np.ndarray, lr: np.ndarray, spec: TileSpec, s: int) -> dict[str, float]:
     """How well the tile's core keeps the LR values: mean/max |area_pool_s(HR) - LR| (valid only)."""
     r0, c0 = spec.core.row - spec.read.row, spec.core.col - spec.read.col
     h, w = spec.core.height // s * s, spec.core.width // s * s

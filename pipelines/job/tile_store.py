@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from tiling import plan as tplan
+from tiling.plan import TileSpec
 
 from .records import Job, TileResult, load_job, save_npy, write_json
 
@@ -55,7 +55,7 @@ def write_skipped(job: Job, index: int) -> TileResult:
     return result
 
 
-def write_tile_result(job: Job, spec: tplan.TileSpec, out: np.ndarray, band_stats: list[dict],
+def write_tile_result(job: Job, spec: TileSpec, out: np.ndarray, band_stats: list[dict],
                       seconds: float, fn_seconds: float) -> TileResult:
     """Save ``out`` (B, H, W), then its ``.json`` (the "finished" mark), each atomically."""
     npy, meta = job.tile_paths(spec.index)
