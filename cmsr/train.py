@@ -14,8 +14,8 @@ Per stage factor ``f`` (x2 then x4 for x4 in the paper preset), every tile:
 
 Why K tiles at once: one step is a 48x48 crop through ~13 tiny convolutions, which cannot fill a
 GPU; K tiles' steps together can. The batch is only a way of executing: each tile keeps its own
-weights, warp, father/son stream (its seed), Adam state, policy and stopping. Weights are packed
-(``cmsr.optim``), every convolution is grouped by tile (``cmsr.model.conv_chain``), a learned warp
+weights, warp, father/son stream (its seed), Adam state, learning-rate schedule and stopping.
+Weights are packed (``cmsr.optim``), every convolution is grouped by tile (``cmsr.model.conv_chain``), a learned warp
 runs under ``torch.func.vmap``, and the loss is the sum of the tiles' losses, so every tile's
 gradient is exactly its own and its result does not depend on its batch neighbours (to float
 rounding; tests/test_train.py). K = 1 is ``cmsr.run``.
@@ -144,7 +144,7 @@ def load_init_state(params: M.Params, init_state: M.Params | None) -> M.Params:
 
 
 class _Tile:
-    """Host-side state of one tile in a batch: its streams, policy, guide and father sources."""
+    """Host-side state of one tile in a batch: its streams, learning-rate schedule, guide and father sources."""
 
     def __init__(self, lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, seed: int,
                  scale: int, config: CMSRConfig, policy: DevicePolicy) -> None:
@@ -168,7 +168,7 @@ class _Tile:
         self.sources: list[tuple[int, torch.Tensor, torch.Tensor]] = [(1, self.lr, self.valid)]
         self.iterations = 0
         self.stage_stats: list[dict] = []
-        self.policy = LearningRatePolicy(config)
+        self.schedule = LearningRatePolicy(config)
 
 
 class BatchWarp:
@@ -250,7 +250,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
     bases: list[FixedBase] = []
     for factor in config.stage_factors(scale):
         for t in tiles:
-            t.policy = LearningRatePolicy(config)
+            t.schedule = LearningRatePolicy(config)
         if not bases:  # each tile's base, decided once before training (warp as registered)
             bases = [choose_base(t.lr, t.valid, config.base, t.guide.at_lr_centres() if t.guide else None,
                                  config.degradation) for t in tiles]
@@ -272,31 +272,31 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             if learned:
                 warp.packed.zero_grad()  # type: ignore[union-attr]
             total.backward()
-            net.step(active, [tiles[p].policy.learning_rate for p in active])
+            net.step(active, [tiles[p].schedule.learning_rate for p in active])
             if learned:  # a tile's warp is frozen during its warm-up (no Adam step)
-                warp.packed.step(warp_on, [tiles[p].policy.learning_rate for p in warp_on])  # type: ignore[union-attr]
+                warp.packed.step(warp_on, [tiles[p].schedule.learning_rate for p in warp_on])  # type: ignore[union-attr]
             for p in active:
                 stage_iters[p] = it + 1
             if it % config.run_test_every == 0:
                 errors = reconstruction_errors(active, net, warp, check, guide_stack, policy)
                 for p, e in zip(active, errors):
-                    tiles[p].policy.record(it, e)
+                    tiles[p].schedule.record(it, e)
                     if progress is not None:
-                        progress(positions[p], tiles[p].iterations + it + 1, e, tiles[p].policy.learning_rate)
+                        progress(positions[p], tiles[p].iterations + it + 1, e, tiles[p].schedule.learning_rate)
             for p in active:
-                tiles[p].policy.update(it)
-            active = [p for p in active if not tiles[p].policy.stopped]
+                tiles[p].schedule.update(it)
+            active = [p for p in active if not tiles[p].schedule.stopped]
         losses = last_loss.detach().cpu().tolist()
         if warp is not None:
             warp.write_back()
         for p, t in enumerate(tiles):
             t.iterations += stage_iters[p]
-            if progress is not None and t.policy.errors:  # the stage's end, so a bar reaches its total
-                progress(positions[p], t.iterations, t.policy.errors[-1], t.policy.learning_rate)
+            if progress is not None and t.schedule.errors:  # the stage's end, so a bar reaches its total
+                progress(positions[p], t.iterations, t.schedule.errors[-1], t.schedule.learning_rate)
             out = infer_stage(net.tile(p), t.lr, t.guide, factor, config, bases[p])
             t.stage_stats.append({"factor": factor, "iterations": stage_iters[p], "final_loss": losses[p],
-                                  "base": bases[p].name, "final_lr": t.policy.learning_rate,
-                                  "recon_mse": t.policy.errors[-1] if t.policy.errors else None})
+                                  "base": bases[p].name, "final_lr": t.schedule.learning_rate,
+                                  "recon_mse": t.schedule.errors[-1] if t.schedule.errors else None})
             t.sources.append((factor, out.detach(), t.valid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)))
 
     seconds = time.perf_counter() - t0
@@ -308,7 +308,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
         stats = {
             "iterations": t.iterations,
             "final_loss": losses[p],
-            "final_lr": t.policy.learning_rate,
+            "final_lr": t.schedule.learning_rate,
             "seconds": round(seconds / k_tiles, 3),
             "batch_seconds": round(seconds, 3),
             "batch_size": k_tiles,
