@@ -1,0 +1,104 @@
+"""Tile results that cannot be silently wrong, no debris, readable outputs (issue 11).
+
+On the bundled real sample (Sentinel-2 10 m RGB + 40 m NIR, 20 tiles of 64 px, bicubic so no
+network trains): a damaged, truncated or mangled tile result is recomputed with a warning that
+names it, and never stitched; ``finish`` after a resume counts the reused tiles; a moved work dir
+is used where it is; outputs get a plain file's mode; a killed finish's temp files are removed by
+the next one, a live writer's are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import pipelines
+from pipelines import JobConfig, bicubic_tile_fn
+from tiling import files
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = JobConfig(method="bicubic", tile_size=64, halo=16, quicklook=False)
+
+
+def pixels(path: str) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.fixture(scope="module")
+def reference(sample, tmp_path_factory) -> dict:
+    """The sample's output and report from one clean run (what every repaired run must give)."""
+    res = run(sample, str(tmp_path_factory.mktemp("ref") / "ref.tif"))
+    return {"pixels": pixels(res.cog), "report": json.load(open(res.report))}
+
+
+def run(sample, out: str, config: JobConfig = CFG, calls: list[int] | None = None) -> pipelines.JobOutputs:
+    def counting(target, guide, scale, ctx):
+        if calls is not None:
+            calls.append(ctx.tile_index)
+        return bicubic_tile_fn(target, guide, scale, ctx)
+
+    return pipelines.superresolve(str(sample["rgb"]), str(sample["target"]), out, config, tile_fn=counting)
+
+
+def tile_stats(report: dict, index: int) -> dict:
+    return {k: v for k, v in report["tiles"][index]["stats"].items() if k != "fn_seconds"}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
+    """COG, report, quick-look and work files: what ``open(path, "w")`` gives under the umask."""
+    old = os.umask(umask)
+    try:
+        res = run(sample, str(tmp_path / "o.tif"), CFG.replace(quicklook=True))
+    finally:
+        os.umask(old)
+    work = tmp_path / "o.tif.work"
+    paths = [res.cog, res.report, res.quicklook, work / "job.json", work / "target_lr.tif", work / "tiles" / "0.npy",
+             work / "tiles" / "0.json"]
+    assert {str(p): oct(os.stat(p).st_mode & 0o777) for p in paths} == {str(p): oct(mode) for p in paths}
+
+
+def test_remove_stale_temps_only_removes_temps_whose_writer_is_gone(tmp_path):
+    """The rule, exactly: our name pattern and base names only; on this host, a writer process
+    that no longer runs; another host's or a nameless (older version's) temp only after an hour."""
+    host = files._HOST
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            f".a.tif.{host}-{dead.pid}.x1.tmp.tif": False,  # gone: removed
+            f".a.tif.{host}-{dead.pid}.x1.tmp.tif.ovr.tmp": False,  # GDAL's file beside it
+            f".a.tif.{host}-{live.pid}.x2.tmp.tif": True,  # its writer runs
+            f".a.tif.{host}-{os.getpid()}.x3.tmp.tif": True,  # ours (another thread may write it)
+            ".a.tif.otherhost-1.x4.tmp.tif": True,  # another host, fresh
+            ".a.tif.otherhost-2.x5.tmp.tif@old": False,  # another host, 2 h untouched
+            ".a.tif.abc123.tmp.tif": True,  # older version's name, fresh
+            ".a.tif.abc124.tmp.tif@old": False,  # older version's name, 2 h untouched
+            f".b.tif.{host}-{dead.pid}.x6.tmp.tif": True,  # not a name we asked for
+            "a.tif": True,
+            ".a.tif": True,
+        }
+        for name in names:
+            path = tmp_path / name.removesuffix("@old")
+            path.write_bytes(b"")
+            if name.endswith("@old"):
+                os.utime(path, (time.time() - 7200,) * 2)
+        removed = files.remove_stale_temps(tmp_path, {"a.tif"})
+        assert sorted(os.path.basename(r) for r in removed) == sorted(
+            n.removesuffix("@old") for n, kept in names.items() if not kept)
+        assert sorted(os.listdir(tmp_path)) == sorted(n.removesuffix("@old") for n, kept in names.items() if kept)
+    finally:
+        live.kill()
+        live.wait()
