@@ -55,6 +55,62 @@ def tile_stats(report: dict, index: int) -> dict:
     return {k: v for k, v in report["tiles"][index]["stats"].items() if k != "fn_seconds"}
 
 
+def test_damaged_tile_result_is_recomputed_and_never_stitched(sample, reference, tmp_path):
+    """Part of ``3.npy`` overwritten (same size, plausible temperatures): not finished, ``finish``
+    refuses it naming the tile, a rerun recomputes it (saying so) and the map is the clean one."""
+    out = str(tmp_path / "o.tif")
+    run(sample, out)
+    job = pipelines.load_job(str(tmp_path / "o.tif.work" / "job.json"))
+    npy = job.tile_paths(3)[0]
+    size = os.path.getsize(npy)
+    garbage = np.random.default_rng(0).uniform(-50, 80, 3000).astype(np.float32).tobytes()
+    with open(npy, "r+b") as f:
+        f.seek(200)
+        f.write(garbage)
+    assert os.path.getsize(npy) == size
+    assert pipelines.pending(job) == [3]
+    with pytest.raises(RuntimeError, match=r"tile 3: result damaged \(checksum mismatch\).*run the job again"):
+        pipelines.finish(job.job_path, [])
+    calls: list[int] = []
+    with pytest.warns(UserWarning, match=r"tile 3: result damaged \(checksum mismatch\), recomputing"):
+        res = run(sample, out, calls=calls)
+    assert calls == [3]
+    np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
+    rep = json.load(open(res.report))
+    assert tile_stats(rep, 3) == tile_stats(reference["report"], 3)
+    assert rep["totals"]["consistency_max"] == reference["report"]["totals"]["consistency_max"]
+    assert rep["totals"]["reused"] == 19
+
+
+def test_truncated_result_and_mangled_records_are_recomputed(sample, reference, tmp_path):
+    """A truncated ``.npy``, a tile JSON that is ``[1]``, one whose result lacks fields, one that is
+    not JSON, and a result written by an older version (absolute path, no checksum): each tile runs
+    again with a warning naming it; nothing blocks the job."""
+    out = str(tmp_path / "o.tif")
+    run(sample, out)
+    job = pipelines.load_job(str(tmp_path / "o.tif.work" / "job.json"))
+    npy5 = job.tile_paths(5)[0]
+    with open(npy5, "r+b") as f:
+        f.truncate(os.path.getsize(npy5) // 2)
+    Path(job.tile_paths(7)[1]).write_text("[1]")
+    Path(job.tile_paths(8)[1]).write_text(json.dumps({"key": job.key, "result": {"index": 8}}))
+    Path(job.tile_paths(9)[1]).write_text("{not json")
+    old = json.loads(Path(job.tile_paths(11)[1]).read_text())
+    old.pop("npy", None)
+    old["result"]["path"] = job.tile_paths(11)[0]
+    Path(job.tile_paths(11)[1]).write_text(json.dumps(old))
+    assert pipelines.pending(job) == [5, 7, 8, 9, 11]
+    calls: list[int] = []
+    with pytest.warns(UserWarning) as caught:
+        res = run(sample, out, calls=calls)
+    said = " | ".join(str(w.message) for w in caught)
+    for i in (5, 7, 8, 9, 11):
+        assert f"tile {i}: " in said and "recomputing" in said
+    assert "tile 5: result damaged (file is" in said
+    assert sorted(calls) == [5, 7, 8, 9, 11]
+    np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
     """COG, report, quick-look and work files: what ``open(path, "w")`` gives under the umask."""
