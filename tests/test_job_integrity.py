@@ -111,6 +111,20 @@ def test_truncated_result_and_mangled_records_are_recomputed(sample, reference, 
     np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
 
 
+def test_report_counts_tiles_reused_from_an_earlier_run(sample, tmp_path):
+    """The flow's resume: prepare, run only ``pending``, finish with those results. Tiles done
+    by the interrupted run are reused and the report says how many."""
+    job = pipelines.prepare(str(sample["rgb"]), str(sample["target"]), str(tmp_path / "o.tif"), CFG)
+    pipelines.run_tiles(job.job_path, pipelines.pending(job)[:7], tile_fn=bicubic_tile_fn)  # "interrupted"
+    again = pipelines.prepare(str(sample["rgb"]), str(sample["target"]), str(tmp_path / "o.tif"), CFG)
+    todo = pipelines.pending(again)
+    assert len(todo) == 13
+    results = pipelines.run_tiles(again.job_path, todo, tile_fn=bicubic_tile_fn)
+    rep = json.load(open(pipelines.finish(again.job_path, results).report))
+    assert rep["totals"]["reused"] == 7 and rep["totals"]["processed"] == 20
+    assert [t["index"] for t in rep["tiles"] if t["reused"]] == list(range(7))
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
     """COG, report, quick-look and work files: what ``open(path, "w")`` gives under the umask."""

@@ -22,7 +22,10 @@ from .tile_store import UnfinishedTiles, check_tile
 
 def _finished_tiles(job: Job, job_path: str, results: list[TileResult] | None) -> dict[int, TileResult]:
     """Every tile's checked result from disk, with this run's timing and reuse where given.
-    Raises ``UnfinishedTiles`` (one line) naming the tiles without a usable result."""
+
+    ``results`` are what this run's tile calls returned: a finished tile not among them was
+    done by an earlier run, so it counts as reused (None: nothing known, as recorded). Raises
+    ``UnfinishedTiles`` (one line) naming the tiles without a usable result."""
     given = {r.index: r for r in (results or [])}
     found: dict[int, TileResult] = {}
     missing: list[int] = []
@@ -40,6 +43,8 @@ def _finished_tiles(job: Job, job_path: str, results: list[TileResult] | None) -
             continue
         if t.index in given:
             r = TileResult(**{**r.to_dict(), "reused": given[t.index].reused, "seconds": given[t.index].seconds})
+        elif results is not None and not r.skipped:
+            r = TileResult(**{**r.to_dict(), "reused": True})
         found[t.index] = r
     parts = []
     if missing:
