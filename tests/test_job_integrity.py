@@ -125,6 +125,34 @@ def test_report_counts_tiles_reused_from_an_earlier_run(sample, tmp_path):
     assert [t["index"] for t in rep["tiles"] if t["reused"]] == list(range(7))
 
 
+def test_moved_work_dir_is_used_where_it_is(sample, reference, tmp_path):
+    """Tile JSONs name their ``.npy`` relative to the work dir, and a job loaded from its new
+    place uses the work dir there: after a move nothing is recomputed and nothing is read from
+    (or written to) the old place."""
+    first = tmp_path / "first"
+    out = str(tmp_path / "o.tif")
+    run(sample, out, CFG.replace(work_dir=str(first)))
+    rec = json.loads((first / "tiles" / "3.json").read_text())
+    assert rec["result"]["path"] == "tiles/3.npy"
+    moved = tmp_path / "elsewhere" / "w"
+    moved.parent.mkdir()
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    job_path = str(moved / "job.json")
+    job = pipelines.load_job(job_path)
+    assert job.work_dir == str(moved) and job.target_lr == str(moved / "target_lr.tif")
+    assert pipelines.pending(job_path) == []
+    assert all(r.reused and r.path.startswith(str(moved)) for r in pipelines.run_tiles(job_path, range(20)))
+    os.unlink(out)
+    res = pipelines.finish(job_path)
+    np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
+    # the same command pointed at the new place reuses every tile
+    calls: list[int] = []
+    res = run(sample, out, CFG.replace(work_dir=str(moved)), calls)
+    assert calls == [] and not first.exists()
+    np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
     """COG, report, quick-look and work files: what ``open(path, "w")`` gives under the umask."""
