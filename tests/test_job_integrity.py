@@ -167,6 +167,62 @@ def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
     assert {str(p): oct(os.stat(p).st_mode & 0o777) for p in paths} == {str(p): oct(mode) for p in paths}
 
 
+KILLED_FINISH = """
+import os, sys, time
+import rasterio.shutil
+import pipelines
+
+def hang(src, dst, **kw):  # the COG writer, killed mid-write
+    with open(dst, "wb") as f:
+        f.write(b"II*\\0")
+    print("writing", flush=True)
+    time.sleep(600)
+
+rasterio.shutil.copy = hang
+pipelines.finish(sys.argv[1])
+"""
+
+
+def test_a_killed_finish_leaves_nothing_the_next_one_keeps(sample, reference, tmp_path):
+    """SIGKILL during the COG write leaves the COG's temp file and the scratch mosaic; the next
+    finish removes them (and an older version's ``stitched.tif``), writes the outputs, and
+    keeps files that are not ours or whose writer still runs."""
+    out = tmp_path / "o.tif"
+    run(sample, str(out))
+    work = tmp_path / "o.tif.work"
+    job_path = str(work / "job.json")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+    def listing() -> set[str]:
+        return {str(f) for d in (tmp_path, work) for f in d.iterdir() if f.is_file()}
+
+    before = listing()
+    p = subprocess.Popen([sys.executable, "-c", KILLED_FINISH, job_path], stdout=subprocess.PIPE, env=env)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"writing"
+    finally:
+        p.kill()
+        p.wait()
+    debris = listing() - before
+    assert [os.path.basename(d) for d in debris if os.path.dirname(d) == str(tmp_path)][0].startswith(".o.tif.")
+    assert len(debris) == 2  # the COG's temp file and the scratch mosaic
+    legacy = work / "stitched.tif"
+    legacy.write_bytes(b"old")
+    os.utime(legacy, (time.time() - 7200,) * 2)
+    keep = [tmp_path / ".o.tif.notes", tmp_path / "o.tif.abc.tmp.tif", tmp_path / ".other.tif.h-1.abc.tmp.tif"]
+    for k in keep:
+        k.write_bytes(b"x")
+    with pytest.raises(InterruptedError):
+        with files.atomic_output(tmp_path / "o.quicklook.png") as live:  # a writer of this process, still writing
+            res = pipelines.finish(job_path)
+            assert os.path.exists(live)
+            raise InterruptedError  # (that writer gives up: nothing replaces the quick-look)
+    assert not [d for d in debris if os.path.exists(d)] and not legacy.exists()
+    assert all(k.exists() for k in keep)
+    np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
+    assert not [f for f in os.listdir(work) if f.startswith(".")]
+
+
 def test_remove_stale_temps_only_removes_temps_whose_writer_is_gone(tmp_path):
     """The rule, exactly: our name pattern and base names only; on this host, a writer process
     that no longer runs; another host's or a nameless (older version's) temp only after an hour."""

@@ -12,12 +12,30 @@ import time
 
 import numpy as np
 
-from tiling import output
+from tiling import files, output
 from tiling.grid import Window
 
 from ..config import JobConfig
 from .records import Job, JobOutputs, TileResult, load_job, write_json
 from .tile_store import UnfinishedTiles, check_tile
+
+
+def _remove_debris(job: Job) -> None:
+    """Temp files a killed earlier run of this job left (``tiling.files.remove_stale_temps``:
+    only our own name pattern, only when their writer is gone): beside the outputs (their names
+    only: the folder is the user's), and anywhere in the work dir and its tiles (the job's own);
+    also ``stitched.tif``, the scratch mosaic older versions kept under that fixed name."""
+    out_dir = os.path.dirname(os.path.abspath(job.out))
+    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path)}
+    files.remove_stale_temps(out_dir, names)
+    files.remove_stale_temps(job.work_dir)
+    files.remove_stale_temps(os.path.join(job.work_dir, "tiles"))
+    legacy = os.path.join(job.work_dir, "stitched.tif")
+    try:
+        if time.time() - os.stat(legacy).st_mtime > files.UNKNOWN_WRITER_MAX_AGE_S:
+            os.unlink(legacy)
+    except FileNotFoundError:
+        pass
 
 
 def _finished_tiles(job: Job, job_path: str, results: list[TileResult] | None) -> dict[int, TileResult]:
@@ -64,9 +82,10 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
 
     Every tile's result is checked (checksum, size, layout) before anything is stitched: a tile
     damaged after its run is never in the output. Raises ``UnfinishedTiles`` naming the tiles
-    without a usable result (a rerun computes them)."""
+    without a usable result (a rerun computes them). Removes what a killed earlier finish left."""
     t0 = time.perf_counter()
     job = load_job(job_path)
+    _remove_debris(job)
     all_results = _finished_tiles(job, job_path, results)
 
     n = len(job.target_bands)
@@ -77,23 +96,22 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         r = all_results[i]
         return None if r.skipped or r.path is None else np.load(r.path, mmap_mode="r")
 
-    stitched = os.path.join(job.work_dir, "stitched.tif")
-    output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
-    seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
-    t_stitch = time.perf_counter() - t0
     cfg = job.config
-    tags = {
-        "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
-        "CMSR_PRESET": _preset_name(cfg), "CMSR_SCALE": job.scale, "CMSR_TILE_SIZE": job.plan.tile_size,
-        "CMSR_HALO": job.plan.halo, "CMSR_STITCH": cfg.stitch, "CMSR_SEED": cfg.seed,
-        "CMSR_DEGRADATION": cfg.degradation, "CMSR_INPUT_RGB": os.path.basename(job.rgb.path),
-        "CMSR_INPUT_RGB_SHA256": job.checksums[job.rgb.path],
-        "CMSR_INPUT_TARGET": os.path.basename(job.target.path),
-        "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
-        "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
-    }
-    output.write_cog(stitched, job.out, tags, cfg.compress)
-    os.unlink(stitched)
+    with files.scratch_file(os.path.join(job.work_dir, "stitched.tif")) as stitched:
+        output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
+        seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
+        t_stitch = time.perf_counter() - t0
+        tags = {
+            "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
+            "CMSR_PRESET": _preset_name(cfg), "CMSR_SCALE": job.scale, "CMSR_TILE_SIZE": job.plan.tile_size,
+            "CMSR_HALO": job.plan.halo, "CMSR_STITCH": cfg.stitch, "CMSR_SEED": cfg.seed,
+            "CMSR_DEGRADATION": cfg.degradation, "CMSR_INPUT_RGB": os.path.basename(job.rgb.path),
+            "CMSR_INPUT_RGB_SHA256": job.checksums[job.rgb.path],
+            "CMSR_INPUT_TARGET": os.path.basename(job.target.path),
+            "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
+            "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
+        }
+        output.write_cog(stitched, job.out, tags, cfg.compress)
     t_cog = time.perf_counter() - t0 - t_stitch
     quick = None
     if cfg.quicklook:
