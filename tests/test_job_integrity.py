@@ -152,7 +152,7 @@ def test_moved_work_dir_is_used_where_it_is(sample, reference, tmp_path):
     np.testing.assert_array_equal(pixels(res.cog), reference["pixels"])
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)], ids=["umask022", "umask027"])
 def test_outputs_get_a_plain_files_mode(sample, tmp_path, umask, mode):
     """COG, report, quick-look and work files: what ``open(path, "w")`` gives under the umask."""
     old = os.umask(umask)
