@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from tiling.files import atomic_output
 from .. import tilefn
 from .records import Job, TileResult, load_job
 from .tile_inputs import finish_tile_band, read_tile_inputs
-from .tile_store import finished, reused, write_skipped, write_tile_result
+from .tile_store import TileRecomputed, check_tile, reused, write_skipped, write_tile_result
 
 
 def warm_start_paths(job: Job) -> list[str]:
@@ -114,21 +115,27 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
     """Tiles ``indices`` of the job, in batches of ``tiles_per_batch``; one ``TileResult`` each, in order.
 
     A finished tile (resume) is returned as found, a skipped one marked done; the rest go through
-    the job's batch function (``tile_fn``, a per-tile function, replaces it for this call). Each
-    tile's result is written atomically as soon as its batch is done, so an interrupted call
-    keeps every finished batch."""
+    the job's batch function (``tile_fn``, a per-tile function, replaces it for this call). A
+    result on disk that fails its check (damaged, truncated, unreadable) is computed again, with
+    a ``TileRecomputed`` warning naming the tile and why. Each tile's result is written atomically
+    as soon as its batch is done, so an interrupted call keeps every finished batch."""
     job = load_job(job_path)
     results: dict[int, TileResult] = {}
     todo: list[int] = []  # in the caller's order (neighbours batch together), each tile once
     for i in map(int, indices):
         if not 0 <= i < len(job.plan.tiles):
             raise IndexError(f"tile {i}: the plan has {len(job.plan.tiles)} tiles")
-        done = finished(job, i) if job.config.resume else None
-        if done is not None:
-            results[i] = reused(done)
+        if i in results or i in todo:
+            continue
+        check = check_tile(job, i) if job.config.resume else None
+        if check is not None and check.problem is not None:
+            warnings.warn(f"tile {i}: {check.problem}, recomputing (job {job_path})", TileRecomputed,
+                          stacklevel=2)
+        if check is not None and check.result is not None:
+            results[i] = reused(check.result)
         elif job.plan.tiles[i].skip:
             results[i] = write_skipped(job, i)
-        elif i not in todo:
+        else:
             todo.append(i)
     if todo:
         batch_fn = tilefn.resolve(job.config, tile_fn)

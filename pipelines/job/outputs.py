@@ -1,7 +1,8 @@
 """Stage 3: finished tiles -> stitched GeoTIFF -> COG -> report JSON -> quick-look PNG.
 
 It reads the tiles from disk, not from the results it is handed (those only add timing and
-reuse), so a job can be finished by any process once every tile has a result file.
+reuse), so a job can be finished by any process once every tile has a result file; each is
+checked before it is stitched.
 """
 
 from __future__ import annotations
@@ -11,61 +12,106 @@ import time
 
 import numpy as np
 
-from tiling import output
+from tiling import files, output
 from tiling.grid import Window
 
 from ..config import JobConfig
 from .records import Job, JobOutputs, TileResult, load_job, write_json
-from .tile_store import finished
+from .tile_store import UnfinishedTiles, check_tile
+
+
+def _remove_debris(job: Job) -> None:
+    """Temp files a killed earlier run of this job left (``tiling.files.remove_stale_temps``:
+    only our own name pattern, only when their writer is gone): beside the outputs (their names
+    only: the folder is the user's), and anywhere in the work dir and its tiles (the job's own);
+    also ``stitched.tif``, the scratch mosaic older versions kept under that fixed name."""
+    out_dir = os.path.dirname(os.path.abspath(job.out))
+    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path)}
+    files.remove_stale_temps(out_dir, names)
+    files.remove_stale_temps(job.work_dir)
+    files.remove_stale_temps(os.path.join(job.work_dir, "tiles"))
+    legacy = os.path.join(job.work_dir, "stitched.tif")
+    try:
+        if time.time() - os.stat(legacy).st_mtime > files.UNKNOWN_WRITER_MAX_AGE_S:
+            os.unlink(legacy)
+    except FileNotFoundError:
+        pass
+
+
+def _finished_tiles(job: Job, job_path: str, results: list[TileResult] | None) -> dict[int, TileResult]:
+    """Every tile's checked result from disk, with this run's timing and reuse where given.
+
+    ``results`` are what this run's tile calls returned: a finished tile not among them was
+    done by an earlier run, so it counts as reused (None: nothing known, as recorded). Raises
+    ``UnfinishedTiles`` (one line) naming the tiles without a usable result."""
+    given = {r.index: r for r in (results or [])}
+    found: dict[int, TileResult] = {}
+    missing: list[int] = []
+    damaged: list[str] = []
+    for t in job.plan.tiles:
+        check = check_tile(job, t.index)
+        r = check.result
+        if r is None and t.skip:  # nodata in the output whatever its record says
+            r = TileResult(t.index, None, True, False, 0.0, t.valid_fraction, {})
+        if r is None:
+            if check.problem is not None:
+                damaged.append(f"tile {t.index}: {check.problem}")
+            else:
+                missing.append(t.index)
+            continue
+        if t.index in given:
+            r = TileResult(**{**r.to_dict(), "reused": given[t.index].reused, "seconds": given[t.index].seconds})
+        elif results is not None and not r.skipped:
+            r = TileResult(**{**r.to_dict(), "reused": True})
+        found[t.index] = r
+    parts = []
+    if missing:
+        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        parts.append(f"{len(missing)} tile(s) have no result yet ({head}); run them first")
+    if damaged:
+        head = "; ".join(damaged[:3]) + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        parts.append(f"{len(damaged)} tile result(s) cannot be used ({head}); "
+                     "run the job again to recompute them")
+    if parts:
+        raise UnfinishedTiles(f"job {job_path}: " + "; ".join(parts))
+    return found
 
 
 def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs:
     """Stitch the tiles by windows -> COG (temp + rename) -> JSON report -> quick-look PNG.
-    Raises ``RuntimeError`` naming the tiles without a result."""
+
+    Every tile's result is checked (checksum, size, layout) before anything is stitched: a tile
+    damaged after its run is never in the output. Raises ``UnfinishedTiles`` naming the tiles
+    without a usable result (a rerun computes them). Removes what a killed earlier finish left."""
     t0 = time.perf_counter()
     job = load_job(job_path)
-    given = {r.index: r for r in (results or [])}
-    all_results: dict[int, TileResult] = {}
-    missing = []
-    for t in job.plan.tiles:
-        r = finished(job, t.index)
-        if r is None and t.skip:
-            r = TileResult(t.index, None, True, False, 0.0, t.valid_fraction, {})
-        if r is None:
-            missing.append(t.index)
-            continue
-        if t.index in given:
-            r = TileResult(**{**r.to_dict(), "reused": given[t.index].reused, "seconds": given[t.index].seconds})
-        all_results[t.index] = r
-    if missing:
-        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise RuntimeError(f"job {job_path}: {len(missing)} tile(s) have no result yet ({head}); run them first")
+    _remove_debris(job)
+    all_results = _finished_tiles(job, job_path, results)
 
     n = len(job.target_bands)
     descriptions = [job.target.descriptions[b - 1] or f"band {b}" for b in job.target_bands]
     units = [job.target.units[b - 1] for b in job.target_bands]
-    stitched = os.path.join(job.work_dir, "stitched.tif")
-    output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
 
     def load(i: int) -> np.ndarray | None:
         r = all_results[i]
         return None if r.skipped or r.path is None else np.load(r.path, mmap_mode="r")
 
-    seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
-    t_stitch = time.perf_counter() - t0
     cfg = job.config
-    tags = {
-        "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
-        "CMSR_PRESET": _preset_name(cfg), "CMSR_SCALE": job.scale, "CMSR_TILE_SIZE": job.plan.tile_size,
-        "CMSR_HALO": job.plan.halo, "CMSR_STITCH": cfg.stitch, "CMSR_SEED": cfg.seed,
-        "CMSR_DEGRADATION": cfg.degradation, "CMSR_INPUT_RGB": os.path.basename(job.rgb.path),
-        "CMSR_INPUT_RGB_SHA256": job.checksums[job.rgb.path],
-        "CMSR_INPUT_TARGET": os.path.basename(job.target.path),
-        "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
-        "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
-    }
-    output.write_cog(stitched, job.out, tags, cfg.compress)
-    os.unlink(stitched)
+    with files.scratch_file(os.path.join(job.work_dir, "stitched.tif")) as stitched:
+        output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
+        seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
+        t_stitch = time.perf_counter() - t0
+        tags = {
+            "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
+            "CMSR_PRESET": _preset_name(cfg), "CMSR_SCALE": job.scale, "CMSR_TILE_SIZE": job.plan.tile_size,
+            "CMSR_HALO": job.plan.halo, "CMSR_STITCH": cfg.stitch, "CMSR_SEED": cfg.seed,
+            "CMSR_DEGRADATION": cfg.degradation, "CMSR_INPUT_RGB": os.path.basename(job.rgb.path),
+            "CMSR_INPUT_RGB_SHA256": job.checksums[job.rgb.path],
+            "CMSR_INPUT_TARGET": os.path.basename(job.target.path),
+            "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
+            "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
+        }
+        output.write_cog(stitched, job.out, tags, cfg.compress)
     t_cog = time.perf_counter() - t0 - t_stitch
     quick = None
     if cfg.quicklook:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -80,6 +80,17 @@ class Job:
         d = os.path.join(self.work_dir, "tiles")
         return os.path.join(d, f"{index}.npy"), os.path.join(d, f"{index}.json")
 
+    def moved_to(self, work_dir: str) -> "Job":
+        """This job with its work dir at ``work_dir``: the work dir and the files in it (the LR
+        target, a warped guide) are found where the work dir is now; inputs and outputs stay."""
+        old = self.work_dir
+
+        def rebased(p: str) -> str:
+            return work_dir + p[len(old):] if p == old or p.startswith(old + os.sep) else p
+
+        return replace(self, work_dir=work_dir, target_lr=rebased(self.target_lr),
+                       guide=replace(self.guide, path=rebased(self.guide.path)))
+
     def to_dict(self) -> dict:
         return {
             "format": self.format, "version": self.version, "key": self.key, "config": self.config.to_dict(),
@@ -113,7 +124,9 @@ class TileResult:
     """What one tile's unit of work returns (small, JSON-able; never arrays)."""
 
     index: int
-    path: str | None  # the tile's (B, h, w) float32 .npy over its read window; None when skipped
+    # the tile's (B, h, w) float32 .npy over its read window; None when skipped. Absolute here,
+    # relative to the work dir in the tile's JSON (a moved work dir still finds its tiles)
+    path: str | None
     skipped: bool
     reused: bool  # found finished on disk (resume)
     seconds: float
@@ -172,11 +185,18 @@ def write_job(job: Job) -> None:
 @functools.lru_cache(maxsize=8)
 def _load_job_cached(path: str, mtime_ns: int, size: int) -> Job:
     with open(path) as f:
-        return Job.from_dict(json.load(f))
+        job = Job.from_dict(json.load(f))
+    here = os.path.dirname(path)
+    if job.work_dir != here and not (os.path.isdir(job.work_dir) and os.path.samefile(job.work_dir, here)):
+        job = job.moved_to(here)
+    return job
 
 
 def load_job(job_path: str) -> Job:
     """The Job in ``job_path``, cached per process while the file is unchanged (a worker
-    loads it once for all its tiles; a re-prepared job is read again)."""
+    loads it once for all its tiles; a re-prepared job is read again).
+
+    The work dir is where ``job.json`` is: a work dir that was moved (or is mounted elsewhere
+    on a worker) is used where it is now, though ``job.json`` names the old place."""
     st = os.stat(job_path)
     return _load_job_cached(os.path.abspath(job_path), st.st_mtime_ns, st.st_size)
