@@ -7,15 +7,18 @@ tile window with ``isel`` and computes only that; no process ever holds the full
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio._err import CPLE_BaseError  # GDAL's errors as rasterio raises them (no public alias)
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError, WarpOperationError
 
 from .errors import InvalidInput
 from .grid import Grid, Window, crs_string
@@ -64,8 +67,49 @@ class RasterInfo:
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    """GDAL's own words: rasterio's "Read failed. See previous exception" hides them in the cause."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause if isinstance(cause, CPLE_BaseError) else exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@contextlib.contextmanager
+def reading(path: str, role: str) -> Iterator[None]:
+    """Pixel reads of an input file: GDAL's read errors (a truncated or damaged file, found only
+    when its blocks are decoded) become one line naming the file instead of a traceback."""
+    try:
+        yield
+    except (RasterioIOError, WarpOperationError, CPLE_BaseError) as exc:
+        raise InvalidInput(f"{role} file {path}: unreadable (truncated or damaged?): {_first_line(exc)}") from None
+
+
+def _read_last_block(ds, path: str, role: str) -> None:
+    """Decode the file's last block: a truncated file (its directory at the start, as GDAL and
+    COG writers put it) opens fine and fails only here, cheaply, before any work starts."""
+    bh, bw = ds.block_shapes[-1]
+    r0, c0 = (ds.height - 1) // bh * bh, (ds.width - 1) // bw * bw
+    with reading(path, role):
+        ds.read(ds.count, window=((r0, min(ds.height, r0 + bh)), (c0, min(ds.width, c0 + bw))))
+
+
+def _no_geotransform(ds, path: str, role: str) -> InvalidInput:
+    gcps, _ = ds.gcps
+    if gcps:
+        return InvalidInput(
+            f"{role} file {path}: georeferenced by {len(gcps)} ground control points, not a geotransform; "
+            f"warp it onto a grid first, e.g. gdalwarp -tps -r bilinear {path} {_warped_name(path)}"
+        )
+    return InvalidInput(f"{role} file {path}: has no geotransform (not a georeferenced raster)")
+
+
+def _warped_name(path: str) -> str:
+    stem, _ = os.path.splitext(path)
+    return f"{stem}_warped.tif"
+
+
 def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
-    """Open ``path`` (metadata only) or raise InvalidInput naming the file and the problem."""
+    """Open ``path`` (metadata and its last block) or raise InvalidInput naming the file and the problem."""
     if not os.path.exists(path):
         raise InvalidInput(f"{role} file {path}: does not exist")
     if not os.path.isfile(path):
@@ -76,6 +120,10 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
+                # before the CRS: a GCP-only file has no CRS of its grid either, and
+                # --assume-crs cannot help it
+                if ds.transform.is_identity:
+                    raise _no_geotransform(ds, path, role)
                 crs = crs_string(ds.crs)
                 if not crs:
                     if not assume_crs:
@@ -87,8 +135,7 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
                         crs = crs_string(assume_crs)
                     except Exception as exc:  # rasterio raises CRSError with a long message
                         raise InvalidInput(f"--assume-crs {assume_crs!r}: not a CRS ({exc})") from None
-                if ds.transform.is_identity:
-                    raise InvalidInput(f"{role} file {path}: has no geotransform (not a georeferenced raster)")
+                _read_last_block(ds, path, role)
                 alpha = next(
                     (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
                 )

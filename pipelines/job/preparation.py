@@ -128,12 +128,11 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
     from cmsr.inputs import robust_range  # here: importing the core loads torch
 
-    try:
-        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
-                                   functools.partial(robust_range, percentiles=config.percentiles),
-                                   preview_size=output.quicklook_size(hr))
-    except InvalidInput:
-        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
+    stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
+                               functools.partial(robust_range, percentiles=config.percentiles),
+                               preview_size=output.quicklook_size(hr))
+    if stats.target_valid_pixels == 0:
+        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint")
     if stats.preview is not None:
         save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
     full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)

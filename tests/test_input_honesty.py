@@ -1,0 +1,163 @@
+"""Inputs that used to be processed silently wrong, or refused with a traceback (issue 11):
+undeclared constant borders, all tiles skipped, truncated/damaged files, rotated RGB grids,
+non-integer or anisotropic GSD ratios, one scale range, GCP-only georeferencing.
+
+Inputs are made from the bundled real sample (``flows/sample/``, Sentinel-2 RGB at 10 m and
+NIR at 40 m) and the real rasters under ``shared/data/geo``; only the geometry or the nodata
+convention is changed, as the exports operators meet do."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from typer.testing import CliRunner
+
+import pipelines
+from flows.cli import app
+from pipelines import JobConfig
+from tiling import rasters
+from tiling.errors import InputWarning, InvalidInput
+
+CFG = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=False)
+runner = CliRunner()
+
+
+def sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write(path: Path, data: np.ndarray, profile: dict, **changes) -> str:
+    """``data`` (bands, h, w) as a GeoTIFF with ``profile`` updated by ``changes``."""
+    prof = dict(profile, count=data.shape[0], height=data.shape[1], width=data.shape[2], dtype=str(data.dtype))
+    prof.update(changes)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return str(path)
+
+
+def read(path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.profile
+
+
+def expect_refusal(rgb: str, target: str, out: str, cfg: JobConfig, pattern: str) -> str:
+    """prepare refuses with one line matching ``pattern``; nothing at ``out``, inputs untouched."""
+    before = {p: sha(p) for p in (rgb, target)}
+    with pytest.raises(InvalidInput, match=pattern) as ei:
+        pipelines.prepare(rgb, target, out, cfg)
+    msg = str(ei.value)
+    assert "\n" not in msg and len(msg) < 500, msg
+    assert not os.path.exists(out)
+    assert {p: sha(p) for p in before} == before
+    return msg
+
+
+def one_error_line(r, fragment: str, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in r.output + r.stderr
+    return lines[0]
+
+
+def prepare_warnings(rgb: str, target: str, out: str, cfg: JobConfig = CFG):
+    """(job, the InputWarning messages prepare emitted)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        job = pipelines.prepare(rgb, target, out, cfg)
+    return job, [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+
+
+def damage_block(path: str, row: int, col: int) -> None:
+    """Overwrite block (row, col) of band 1's data in place (same size: the file still opens)."""
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write((bytes(range(256)) * (size // 256 + 1))[:size])
+
+
+def footprint(h: int, w: int) -> np.ndarray:
+    """An irregular survey footprint (True inside) that stays off the raster's edge, as an
+    orthomosaic's does: a tilted ellipse covering about half the raster."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    y, x = (rows - h / 2) / (h * 0.42), (cols - w / 2) / (w * 0.45)
+    return (x * 0.9 + y * 0.3) ** 2 + (y * 0.95 - x * 0.2) ** 2 < 1.0
+
+
+# ---------------------------------------------------------------- 8: truncated / damaged files
+
+
+@pytest.fixture(scope="module")
+def landsat(shared_data) -> dict[str, str]:
+    l8 = shared_data / "geo" / "landsat_marburg_30m"
+    return {"pan": str(l8 / "LC08_L1TP_195025_20130707_20170503_01_T1_B8.TIF"),
+            "b10": str(l8 / "LC08_L1TP_195025_20130707_20170503_01_T1_B10.TIF")}
+
+
+def truncated(src: str, dst: Path, share: float = 0.6) -> str:
+    data = Path(src).read_bytes()
+    dst.write_bytes(data[: int(len(data) * share)])
+    return str(dst)
+
+
+def test_truncated_geotiff_is_one_line(landsat, tmp_path):
+    pan = truncated(landsat["pan"], tmp_path / "pan_cut.tif")
+    b10 = truncated(landsat["b10"], tmp_path / "b10_cut.tif")
+    expect_refusal(pan, landsat["b10"], str(tmp_path / "o.tif"), CFG,
+                   r"^RGB file .*pan_cut\.tif: unreadable \(truncated or damaged\?\)")
+    expect_refusal(landsat["pan"], b10, str(tmp_path / "o.tif"), CFG,
+                   r"^target file .*b10_cut\.tif: unreadable \(truncated or damaged\?\)")
+    for rgb, target, name in ((pan, landsat["b10"], "pan_cut.tif"), (landsat["pan"], b10, "b10_cut.tif")):
+        r = runner.invoke(app, ["plan", rgb, target, "--method", "bp"])
+        one_error_line(r, f"{name}: unreadable (truncated or damaged?)")
+
+
+@pytest.mark.parametrize("role,shift", [("target", 0.0), ("target", 0.5), ("RGB", 0.0)])
+def test_damaged_block_inside_the_file_is_one_line(sample, tmp_path, role, shift):
+    """A block in the middle of the file overwritten (the last block intact): found when the
+    pixels are read (the target copied or warped onto the LR grid, the RGB sampled for the
+    survey statistics), still one line naming the file."""
+    data, prof = read(sample["target" if role == "target" else "rgb"])
+    p = write(tmp_path / f"{role}_blocks.tif", data, prof, tiled=True, blockxsize=16, blockysize=16,
+              compress="deflate", transform=prof["transform"] @ Affine.translation(shift, shift))
+    damage_block(p, 1, 1)
+    rasters.inspect(p, role)  # metadata and the last block are fine
+    rgb, target = (str(sample["rgb"]), p) if role == "target" else (p, str(sample["target"]))
+    expect_refusal(rgb, target, str(tmp_path / "o.tif"), CFG,
+                   rf"^{role} file .*{role}_blocks\.tif: unreadable \(truncated or damaged\?\): .*IReadBlock failed")
+
+
+# ---------------------------------------------------------------- 13: GCP-only georeferencing
+
+
+def test_gcp_georeferenced_raster_says_warp_first(sample, tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    nir, prof = read(sample["target"])
+    t = prof["transform"]
+    gcps = [GroundControlPoint(row=r, col=c, x=(t @ (c, r))[0], y=(t @ (c, r))[1])
+            for r in (0, 25, 50) for c in (0, 37, 75)]
+    p = tmp_path / "thermal_gcps.tif"
+    prof = {k: v for k, v in prof.items() if k not in ("transform", "crs")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(p, "w", **prof) as dst:
+            dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32719))
+            dst.write(nir)
+    with rasterio.open(p) as ds:
+        assert ds.gcps[0] and ds.transform.is_identity  # really GCP-only
+    for cfg in (CFG, CFG.replace(assume_crs="EPSG:32719")):
+        msg = expect_refusal(str(sample["rgb"]), str(p), str(tmp_path / "o.tif"), cfg,
+                             r"^target file .*thermal_gcps\.tif: georeferenced by 9 ground control points")
+        assert "gdalwarp -tps" in msg and "--assume-crs" not in msg
