@@ -138,6 +138,65 @@ def test_damaged_block_inside_the_file_is_one_line(sample, tmp_path, role, shift
                    rf"^{role} file .*{role}_blocks\.tif: unreadable \(truncated or damaged\?\): .*IReadBlock failed")
 
 
+# ---------------------------------------------------------------- 11: non-integer / anisotropic ratios
+
+
+def _nir_on(sample, path: Path, res_x: float, res_y: float) -> str:
+    """The real 10 m NIR truth averaged onto a north-up grid of ``res_x`` x ``res_y`` m."""
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(Path(sample["truth"])) as ds:
+        nir, prof = ds.read(1).astype(np.float32), ds.profile
+    t0 = prof["transform"]
+    w, h = int(3000 // res_x), int(2000 // res_y)
+    dst_t = Affine(res_x, 0, t0.c, 0, -res_y, t0.f)
+    out = np.full((h, w), np.nan, np.float32)
+    reproject(nir, out, src_transform=t0, src_crs=prof["crs"], dst_transform=dst_t, dst_crs=prof["crs"],
+              resampling=Resampling.average)
+    return write(path, out[None], prof, dtype="float32", nodata=float("nan"), transform=dst_t, tiled=False)
+
+
+def test_non_integer_gsd_ratio_warns_with_ratio_and_scale(sample, tmp_path):
+    t15 = _nir_on(sample, tmp_path / "nir_15m.tif", 15, 15)
+    job, msgs = prepare_warnings(str(sample["rgb"]), t15, str(tmp_path / "o.tif"))
+    hits = [m for m in msgs if "nir_15m.tif" in m]
+    assert len(hits) == 1 and "1.50" in hits[0] and "scale 2" in hits[0] and "--scale N" in hits[0], msgs
+    assert job.scale == 2 and hits[0] in job.warnings
+    # an explicit --scale is the user's choice: no warning
+    _, msgs = prepare_warnings(str(sample["rgb"]), t15, str(tmp_path / "o2.tif"), CFG.replace(scale=2))
+    assert not msgs
+
+
+def test_anisotropic_pixels_warn_with_both_ratios(sample, tmp_path):
+    t = _nir_on(sample, tmp_path / "nir_40x20m.tif", 40, 20)
+    job, msgs = prepare_warnings(str(sample["rgb"]), t, str(tmp_path / "o.tif"))
+    hits = [m for m in msgs if "nir_40x20m.tif" in m]
+    assert len(hits) == 1, msgs
+    assert "4.00" in hits[0] and "2.00" in hits[0] and f"scale {job.scale}" in hits[0] and "--scale N" in hits[0]
+
+
+# ---------------------------------------------------------------- 12: one scale range
+
+
+def test_ratio_20_states_the_supported_range_once(sample, tmp_path):
+    t = _nir_on(sample, tmp_path / "nir_200m.tif", 200, 200)
+    msg = expect_refusal(str(sample["rgb"]), t, str(tmp_path / "o.tif"), CFG, r"nir_200m\.tif: .*ratio .* 20\.00")
+    assert "2..8" in msg and "16" not in msg and msg.count("--scale") == 1, msg
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), t, "--method", "bp"])
+    line = one_error_line(r, "2..8")
+    assert "16" not in line
+    # a custom tile function is not bound by the core: tiling's own limit
+    msg = expect_refusal(str(sample["rgb"]), t, str(tmp_path / "o.tif"),
+                         CFG.replace(tile_fn="pipelines.tilefn:bicubic_tile_fn"), r"nir_200m\.tif")
+    assert "2..16" in msg
+
+
+def test_scale_override_above_the_core_is_one_message(sample, tmp_path):
+    msg = expect_refusal(str(sample["rgb"]), str(sample["target"]), str(tmp_path / "o.tif"), CFG.replace(scale=9),
+                         r"--scale 9: out of range")
+    assert "2..8" in msg and "16" not in msg
+
+
 # ---------------------------------------------------------------- 13: GCP-only georeferencing
 
 

@@ -60,24 +60,47 @@ def res_in(info: RasterInfo, crs: str) -> tuple[float, float]:
     return (abs(t.a), abs(t.e))
 
 
-def choose_scale(rgb: RasterInfo, target: RasterInfo, override: int | None) -> tuple[int, float]:
-    """(s, measured GSD ratio). ``override`` wins; else the rounded ratio. 2 <= s <= 16."""
+#: a measured ratio this far (relative) from the scale used, or x and y ratios this far apart,
+#: is said out loud: the target is then resampled, not just re-gridded
+RATIO_TOLERANCE = 0.05
+
+
+def choose_scale(rgb: RasterInfo, target: RasterInfo, override: int | None,
+                 max_scale: int = MAX_SCALE) -> tuple[int, float]:
+    """(s, measured GSD ratio). ``override`` wins; else the rounded ratio. ``MIN_SCALE <= s <= max_scale``.
+
+    ``max_scale`` is the caller's: what its tiles go through supports (the core's 8 for the
+    built-in methods), so the one range a user reads is the one that applies. An automatic
+    scale that is not what the pixel sizes say (a ratio of 1.5 -> 2, 40 x 20 m pixels -> 3) is an
+    ``InputWarning`` naming the measured ratios and ``--scale N``."""
     tx, ty = res_in(target, rgb.grid.crs)
     hx, hy = rgb.grid.res
-    ratio = math.sqrt((tx / hx) * (ty / hy))
+    rx, ry = tx / hx, ty / hy
+    ratio = math.sqrt(rx * ry)
+    span = f"{MIN_SCALE}..{max_scale}"
     if override is not None:
         if isinstance(override, bool) or int(override) != override:
-            raise InvalidInput(f"--scale {override!r}: must be an integer between {MIN_SCALE} and {MAX_SCALE}")
+            raise InvalidInput(f"--scale {override!r}: must be an integer {span}")
         s = int(override)
-        if not MIN_SCALE <= s <= MAX_SCALE:
-            raise InvalidInput(f"--scale {s}: out of range (must be {MIN_SCALE}..{MAX_SCALE})")
+        if not MIN_SCALE <= s <= max_scale:
+            raise InvalidInput(f"--scale {s}: out of range (must be {span})")
         return s, ratio
     s = int(round(ratio))
-    if not MIN_SCALE <= s <= MAX_SCALE:
+    if not MIN_SCALE <= s <= max_scale:
         raise InvalidInput(
             f"target file {target.path}: ground sample distance ratio to the RGB is {ratio:.2f} "
-            f"(rounds to {s}); supported scales are {MIN_SCALE}..{MAX_SCALE} (pass --scale N to override)"
+            f"(rounds to {s}); supported scales are {span} (pass --scale N to override)"
         )
+    if abs(rx - ry) > RATIO_TOLERANCE * max(rx, ry):
+        warnings.warn(
+            f"target file {target.path}: its pixels are not the RGB's shape: pixel size ratio {rx:.2f} in x, "
+            f"{ry:.2f} in y; scale {s} is used (their geometric mean {ratio:.2f}, rounded) and the target is "
+            f"resampled onto the RGB's grid coarsened x{s}; pass --scale N to choose another", InputWarning, stacklevel=2)
+    elif abs(ratio - s) > RATIO_TOLERANCE * s:
+        warnings.warn(
+            f"target file {target.path}: pixel size ratio to the RGB is {ratio:.2f}, not an integer; scale {s} "
+            f"is used and the target is resampled onto the x{s} grid; pass --scale N to choose another",
+            InputWarning, stacklevel=2)
     return s, ratio
 
 

@@ -46,10 +46,12 @@ def select_bands(info: rasters.RasterInfo, wanted: tuple[int, ...] | None, role:
     return tuple(bands)
 
 
-def core_max_scale(config: JobConfig) -> int | None:
-    """The core's largest scale when tiles go through ``cmsr`` (None for custom functions)."""
+def scale_limit(config: JobConfig) -> int:
+    """The largest scale this job's tiles support, the one range every message states: the
+    core's (``cmsr.inputs.MAX_SCALE``) for the built-in methods, tiling's own for a custom tile
+    function (the core never sees its tiles)."""
     if config.tile_fn is not None:
-        return None
+        return align.MAX_SCALE
     from cmsr.inputs import MAX_SCALE
 
     return MAX_SCALE
@@ -75,16 +77,13 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always", InputWarning)
         overlap = align.check_overlap(hr, rgb_info.path, tgt_info)
+        s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale, scale_limit(config))
     for w in wlist:
+        if not issubclass(w.category, InputWarning):  # not ours to list: pass it on as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
         caught.append(str(w.message))
         warnings.warn(str(w.message), InputWarning, stacklevel=2)
-    s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale)
-    core_max = core_max_scale(config)
-    if core_max is not None and s > core_max:
-        raise InvalidInput(
-            f"target file {tgt_info.path}: scale {s} is above what method {config.method!r} supports ({core_max}); "
-            "pass --scale N with a smaller N"
-        )
     geometry = make_plan(hr, s, config.tile_size, config.halo)
 
     try:
