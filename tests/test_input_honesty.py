@@ -138,6 +138,20 @@ def test_damaged_block_inside_the_file_is_one_line(sample, tmp_path, role, shift
                    rf"^{role} file .*{role}_blocks\.tif: unreadable \(truncated or damaged\?\): .*IReadBlock failed")
 
 
+# ---------------------------------------------------------------- 10: rotated RGB
+
+
+def test_rotated_rgb_says_the_output_grid_is_north_up(sample, tmp_path):
+    rgb, prof = read(sample["rgb"])
+    t = Affine.translation(601500.0, 4699020.0) @ Affine.rotation(30) @ Affine.translation(-1500, 1000) @ Affine.scale(10, -10)
+    rot = write(tmp_path / "rgb_rotated.tif", rgb, prof, transform=t)
+    job, msgs = prepare_warnings(rot, str(sample["target"]), str(tmp_path / "o.tif"))
+    hits = [m for m in msgs if "rgb_rotated.tif" in m and "north-up" in m]
+    assert len(hits) == 1, msgs
+    assert "10 m" in hits[0] and "not the RGB's own grid" in hits[0]
+    assert hits[0] in job.warnings
+
+
 # ---------------------------------------------------------------- 11: non-integer / anisotropic ratios
 
 

@@ -305,6 +305,31 @@ def north_up_grid(grid: Grid) -> Grid:
     return Grid.from_affine(h, w, Affine(res, 0.0, left, 0.0, -res, top), grid.crs)
 
 
+def _units(crs: str) -> str:
+    """The CRS's linear unit as a person writes it (``m`` for metres)."""
+    from rasterio.crs import CRS
+
+    try:
+        c = CRS.from_user_input(crs)
+        unit = c.linear_units if c.is_projected else "degree"
+    except Exception:  # noqa: BLE001 - only wording depends on it
+        return "CRS units"
+    return {"metre": "m", "meter": "m", "metres": "m", "meters": "m"}.get(unit, unit)
+
+
+def output_grid(rgb: RasterInfo) -> Grid:
+    """The HR (output) grid: the RGB's own grid, or ``north_up_grid`` of a rotated/sheared/flipped
+    one. Said as an ``InputWarning`` in that case: a user was promised exactly the RGB's grid."""
+    if rgb.grid.is_north_up:
+        return rgb.grid
+    hr = north_up_grid(rgb.grid)
+    warnings.warn(
+        f"RGB file {rgb.path}: its geotransform is not north-up (rotated, sheared or flipped), so the output is on "
+        f"a north-up grid at the same resolution ({hr.res[0]:g} {_units(hr.crs)} pixels, {hr.height} x {hr.width}), "
+        "not the RGB's own grid; the RGB is resampled onto it (bilinear)", InputWarning, stacklevel=2)
+    return hr
+
+
 def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterInfo:
     """Warp a non-north-up RGB onto ``north_up_grid`` (bilinear colours; validity by nearest into
     an alpha band), strip by strip, atomically. Only used when the RGB's own grid is not north-up."""

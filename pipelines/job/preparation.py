@@ -72,10 +72,10 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     work_dir = os.path.abspath(config.work_dir or out + ".work")
     guide_bands = select_bands(rgb_info, config.guide_bands, "RGB", (1, 4))
     target_bands = select_bands(tgt_info, config.target_bands, "target", (1, 16))
-    hr = rgb_info.grid if rgb_info.grid.is_north_up else align.north_up_grid(rgb_info.grid)
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always", InputWarning)
+        hr = align.output_grid(rgb_info)
         overlap = align.check_overlap(hr, rgb_info.path, tgt_info)
         s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale, scale_limit(config))
     for w in wlist:
