@@ -95,6 +95,22 @@ def footprint(h: int, w: int) -> np.ndarray:
     return (x * 0.9 + y * 0.3) ** 2 + (y * 0.95 - x * 0.2) ** 2 < 1.0
 
 
+# ---------------------------------------------------------------- 4: every tile below --min-valid
+
+
+def test_target_with_one_valid_pixel_is_refused(sample, tmp_path):
+    nir, prof = read(sample["target"])
+    one = np.full_like(nir, np.nan)
+    one[0, 20, 30] = nir[0, 20, 30]
+    p = write(tmp_path / "one_pixel.tif", one, prof)
+    msg = expect_refusal(str(sample["rgb"]), p, str(tmp_path / "o.tif"), CFG, r"target file .*one_pixel\.tif")
+    assert "min_valid_fraction 0.05" in msg and "--min-valid" in msg
+    assert re.search(r"valid in [0-9.]+% ", msg), msg
+    # with the threshold at 0 the one tile holding the pixel runs
+    job = pipelines.prepare(str(sample["rgb"]), p, str(tmp_path / "o.tif"), CFG.replace(min_valid_fraction=0.0))
+    assert sum(not t.skip for t in job.plan.tiles) == 1
+
+
 # ---------------------------------------------------------------- 8: truncated / damaged files
 
 

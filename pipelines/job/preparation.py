@@ -139,6 +139,16 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         raise InvalidInput(
             f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target {tgt_info.path}"
         )
+    if all(t.skip for t in full_plan.tiles):  # else: an all-nodata output, "0 tile(s)", exit 0
+        lr = geometry.lr_grid
+        share = stats.target_valid_pixels / (lr.height * lr.width)
+        best = max(t.valid_fraction for t in full_plan.tiles)
+        raise InvalidInput(
+            f"target file {tgt_info.path}: valid in {100 * share:.3g}% of the RGB's footprint "
+            f"({stats.target_valid_pixels} LR pixel(s)); no tile reaches min_valid_fraction "
+            f"{config.min_valid_fraction:g} (--min-valid; the best tile is {100 * best:.3g}% valid in both the target "
+            "and the RGB), so nothing would be super-resolved"
+        )
     job = Job(
         key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
         guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
