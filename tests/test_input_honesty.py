@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import pipelines
 from flows.cli import app
 from pipelines import JobConfig
-from tiling import rasters
+from tiling import borders, rasters
 from tiling.errors import InputWarning, InvalidInput
 
 CFG = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=False)
@@ -93,6 +93,158 @@ def footprint(h: int, w: int) -> np.ndarray:
     rows, cols = np.mgrid[0:h, 0:w]
     y, x = (rows - h / 2) / (h * 0.42), (cols - w / 2) / (w * 0.45)
     return (x * 0.9 + y * 0.3) ** 2 + (y * 0.95 - x * 0.2) ** 2 < 1.0
+
+
+# ---------------------------------------------------------------- 3: undeclared constant borders
+
+
+@pytest.fixture(scope="module")
+def zero_border(sample, tmp_path_factory) -> dict[str, str]:
+    """The real sample with the outside of a survey footprint set to 0 and no nodata declared:
+    a target (float, like a degC thermal export) and an RGB without alpha."""
+    d = tmp_path_factory.mktemp("zero_border")
+    nir, nprof = read(sample["target"])
+    inside_lr = footprint(50, 75)
+    t = np.where(inside_lr, nir[0], 0).astype(np.float32)[None]
+    rgb, rprof = read(sample["rgb"])
+    inside_hr = np.repeat(np.repeat(inside_lr, 4, 0), 4, 1)
+    r = np.where(inside_hr, rgb, 0).astype(rgb.dtype)
+    return {
+        "target": write(d / "thermal_zero_border.tif", t, nprof, nodata=None),
+        "rgb": write(d / "rgb_zero_border.tif", r, rprof, nodata=None),
+        "inside_lr": inside_lr, "inside_hr": inside_hr,
+    }
+
+
+def test_target_zero_border_without_nodata_warns_naming_the_option(zero_border, sample, tmp_path):
+    job, msgs = prepare_warnings(str(sample["rgb"]), zero_border["target"], str(tmp_path / "o.tif"))
+    hits = [m for m in msgs if "thermal_zero_border.tif" in m]
+    assert len(hits) == 1, msgs
+    m = hits[0]
+    share = 100 * (1 - zero_border["inside_lr"].mean())
+    got = float(re.search(r"fills about (\d+)% of the raster", m).group(1))  # type: ignore[union-attr]
+    assert abs(got - share) < 8, (m, share)
+    assert "--target-nodata 0" in m and "no nodata" in m
+    assert m in job.warnings  # also listed in the job (-> the report, the CLI's stderr)
+
+
+def test_declared_target_nodata_masks_the_border(zero_border, sample, tmp_path):
+    cfg = CFG.replace(target_nodata=0.0)
+    job, msgs = prepare_warnings(str(sample["rgb"]), zero_border["target"], str(tmp_path / "o.tif"), cfg)
+    assert not msgs and not job.warnings
+    assert job.target.nodata_value == 0.0
+    with rasterio.open(job.target_lr) as ds:
+        lr = ds.read(1)
+    np.testing.assert_array_equal(np.isfinite(lr), zero_border["inside_lr"])
+    outs = pipelines.superresolve(str(sample["rgb"]), zero_border["target"], str(tmp_path / "o.tif"), cfg)
+    with rasterio.open(outs.cog) as ds:
+        out = ds.read(1)
+    nir = read(sample["target"])[0][0][zero_border["inside_lr"]]
+    assert not np.isfinite(out[~zero_border["inside_hr"]]).any()
+    # no ringing towards a fake 0 next to the edge: the output stays in the data's own range
+    lo, hi = float(nir.min()), float(nir.max())
+    assert lo - 0.1 * (hi - lo) < np.nanmin(out) and np.nanmax(out) < hi + 0.1 * (hi - lo)
+
+
+def test_rgb_black_border_without_alpha_warns_and_rgb_nodata_masks_it(zero_border, sample, tmp_path):
+    job, msgs = prepare_warnings(zero_border["rgb"], str(sample["target"]), str(tmp_path / "o.tif"))
+    hits = [m for m in msgs if "rgb_zero_border.tif" in m]
+    assert len(hits) == 1 and "--rgb-nodata 0" in hits[0] and hits[0].startswith("RGB file"), msgs
+    cfg = CFG.replace(rgb_nodata=0)
+    outs = pipelines.superresolve(zero_border["rgb"], str(sample["target"]), str(tmp_path / "o2.tif"), cfg)
+    job = pipelines.load_job(str(tmp_path / "o2.tif.work" / "job.json"))
+    assert not job.warnings and job.rgb.nodata_value == 0.0
+    with rasterio.open(outs.cog) as ds:
+        out = ds.read(1)
+    assert not np.isfinite(out[~zero_border["inside_hr"]]).any()
+    assert np.isfinite(out[zero_border["inside_hr"]]).mean() > 0.99
+
+
+def test_clean_and_alpha_masked_inputs_do_not_warn(sample, tmp_path):
+    """No false alarm on the real sample, nor on an ODM-style RGBA whose outside is black but
+    transparent."""
+    _, msgs = prepare_warnings(str(sample["rgb"]), str(sample["target"]), str(tmp_path / "a.tif"))
+    assert not msgs
+    rgb, prof = read(sample["rgb"])
+    inside = np.repeat(np.repeat(footprint(50, 75), 4, 0), 4, 1)
+    rgba = np.concatenate([np.where(inside, rgb, 0), np.where(inside, 65535, 0)[None]]).astype(np.uint16)
+    p = write(tmp_path / "odm_rgba.tif", rgba, prof, photometric="RGB", ALPHA="YES")
+    _, msgs = prepare_warnings(p, str(sample["target"]), str(tmp_path / "b.tif"))
+    assert not msgs
+
+
+def test_border_check_reads_strips_not_the_raster(tmp_path):
+    """The check decodes only the outer edges and a few rows: a damaged block away from them
+    (which a full read would hit) is never touched, so a mosaic of any size costs a few strips."""
+    rows, cols = np.mgrid[0:4096, 0:512]
+    data = ((rows * 7 + cols * 3) % 251).astype(np.uint8)[None]
+    prof = dict(driver="GTiff", crs="EPSG:32719", transform=Affine(1, 0, 600000, 0, -1, 4700000), tiled=True,
+                blockxsize=16, blockysize=16, compress="deflate")
+    p = write(tmp_path / "tall.tif", data, prof)
+    sampled = {int(r) // 16 for r in np.linspace(0, 4095, borders.SAMPLE_ROWS).round()}
+    block_row = next(r for r in range(1, 256) if r not in sampled)
+    damage_block(p, block_row, 10)
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        with rasterio.open(p) as ds:
+            ds.read()
+    assert borders.constant_border(rasters.inspect(p, "target"), (1,)) is None
+
+
+@pytest.mark.parametrize("flag", ["--target-nodata", "--rgb-nodata"])
+def test_nodata_options_on_run_plan_submit(flag, zero_border, sample):
+    import typer.main
+
+    cmds = typer.main.get_command(app).commands
+    helps = set()
+    for c in ("run", "plan", "submit"):
+        opt = next(p for p in cmds[c].params if flag in p.opts)
+        helps.add(opt.help)
+    assert len(helps) == 1
+    rgb = zero_border["rgb"] if flag == "--rgb-nodata" else str(sample["rgb"])
+    target = zero_border["target"] if flag == "--target-nodata" else str(sample["target"])
+    r = runner.invoke(app, ["plan", rgb, target, "--method", "bicubic", "--tile-size", "64", "--halo", "8"])
+    assert r.exit_code == 0, r.output
+    assert f"{flag} 0" in r.stderr
+    r = runner.invoke(app, ["plan", rgb, target, "--method", "bicubic", "--tile-size", "64", "--halo", "8",
+                            flag, "0"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr
+
+
+def test_nodata_options_reach_the_job_from_run_and_submit(monkeypatch, sample, tmp_path):
+    """``run`` and ``submit`` hand the declared values to the job's config (engine stubbed)."""
+    import flows.submit
+    import flows.survey
+
+    seen: list = []
+
+    class Done:
+        def result(self, raise_on_failure=True):
+            return {"cog": "o.tif", "quicklook": None, "report": "r.json", "processed": 0, "reused": 0}
+
+    monkeypatch.setattr(flows.survey, "run_survey", lambda rgb, target, out, config, options, on_cluster=None:
+                        seen.append(config.to_dict()) or Done())
+    monkeypatch.setattr(flows.submit, "to_scheduler", lambda addr, rgb, target, out, config:
+                        seen.append(config) or "run-id")
+    common = [str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / "o.tif"), "--target-nodata", "-9999",
+              "--rgb-nodata", "255"]
+    r = runner.invoke(app, ["run", *common, "--method", "bicubic", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["submit", *common, "--scheduler", "tcp://127.0.0.1:1"])
+    assert r.exit_code == 0, r.output
+    assert [(c["target_nodata"], c["rgb_nodata"]) for c in seen] == [(-9999.0, 255.0)] * 2
+    r = runner.invoke(app, ["plan", str(sample["rgb"]), str(sample["target"]), "--target-nodata", "nan"])
+    one_error_line(r, "target_nodata nan: NaN pixels are always nodata")
+
+
+def test_nodata_option_not_representable_is_one_line(shared_data, tmp_path):
+    l8 = shared_data / "geo" / "landsat_marburg_30m"
+    pan, b10 = str(l8 / "LC08_L1TP_195025_20130707_20170503_01_T1_B8.TIF"), str(
+        l8 / "LC08_L1TP_195025_20130707_20170503_01_T1_B10.TIF")
+    expect_refusal(pan, b10, str(tmp_path / "o.tif"), CFG.replace(target_nodata=0.5),
+                   r"--target-nodata 0\.5: target file .*B10\.TIF holds int16 values")
+    expect_refusal(pan, b10, str(tmp_path / "o.tif"), CFG.replace(rgb_nodata=40000),
+                   r"--rgb-nodata 40000: RGB file .*B8\.TIF holds int16 values")
 
 
 # ---------------------------------------------------------------- 4: every tile below --min-valid

@@ -12,7 +12,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import rasterio
@@ -158,6 +158,47 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInput(f"{role} file {path}: not a readable raster ({first})") from None
     return info
+
+
+def spell_value(value: float, dtype: str) -> str:
+    """A pixel value as a user types it back: the shortest text that reads as the same value of
+    ``dtype`` (``0``, ``-9999``, ``0.1`` for float32(0.1))."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    kind = np.dtype(dtype).type if np.issubdtype(np.dtype(dtype), np.floating) else np.float64
+    with np.errstate(over="ignore"):
+        for digits in range(1, 18):
+            text = f"{value:.{digits}g}"
+            if kind(float(text)) == kind(value):
+                return text
+    return repr(float(value))
+
+
+def declare_nodata(info: RasterInfo, value: float | None, option: str, role: str) -> RasterInfo:
+    """``info`` with the user's nodata (``--target-nodata``/``--rgb-nodata``) instead of the file's.
+
+    Why stored cast to the file's type: pixels are compared with it in that type (GDAL's warp, the
+    exact copy), so 0.1 declared for a float32 file must be float32(0.1) to match any pixel. A value
+    the file's type cannot hold would match nothing: refused, naming the option and the file."""
+    if value is None:
+        return info
+    v = float(value)
+    dt = np.dtype(info.dtype)
+    if np.issubdtype(dt, np.integer):
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        if not (np.isfinite(v) and v == int(v) and lo <= v <= hi):
+            raise InvalidInput(
+                f"{option} {spell_value(v, 'float64')}: {role} file {info.path} holds {dt.name} values; "
+                f"expected an integer {lo}..{hi}"
+            )
+    else:
+        with np.errstate(over="ignore"):
+            cast = dt.type(v)
+        if np.isfinite(v) and not np.isfinite(cast):
+            raise InvalidInput(f"{option} {spell_value(v, 'float64')}: {role} file {info.path} holds {dt.name} "
+                               "values; out of their range")
+        v = float(cast)
+    return replace(info, nodata=repr(v))
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

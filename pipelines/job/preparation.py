@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import replace
 
-from tiling import align, output, rasters
+from tiling import align, borders, output, rasters
 from tiling.plan import make_plan
 from tiling.errors import InputWarning, InvalidInput
 
@@ -66,8 +66,10 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     """
     config = config or JobConfig()
     out = os.path.abspath(out)
-    rgb_info = rasters.inspect(rgb, "RGB", config.assume_crs)
-    tgt_info = rasters.inspect(target, "target", config.assume_crs)
+    rgb_info = rasters.declare_nodata(rasters.inspect(rgb, "RGB", config.assume_crs), config.rgb_nodata,
+                                      "--rgb-nodata", "RGB")
+    tgt_info = rasters.declare_nodata(rasters.inspect(target, "target", config.assume_crs), config.target_nodata,
+                                      "--target-nodata", "target")
     align.check_output(out, [rgb, target])
     work_dir = os.path.abspath(config.work_dir or out + ".work")
     guide_bands = select_bands(rgb_info, config.guide_bands, "RGB", (1, 4))
@@ -78,6 +80,8 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         hr = align.output_grid(rgb_info)
         overlap = align.check_overlap(hr, rgb_info.path, tgt_info)
         s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale, scale_limit(config))
+        borders.warn_undeclared_border(rgb_info, guide_bands, "RGB", "--rgb-nodata")
+        borders.warn_undeclared_border(tgt_info, target_bands, "target", "--target-nodata")
     for w in wlist:
         if not issubclass(w.category, InputWarning):  # not ours to list: pass it on as it was
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
