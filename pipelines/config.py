@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -37,6 +38,13 @@ class JobConfig:
     """Reuse finished tile results of the same plan (same inputs, same settings)."""
     assume_crs: str | None = None
     """CRS (e.g. ``EPSG:32632``) for inputs whose files carry none."""
+    target_nodata: float | None = None
+    """The target's nodata value, declared here: overrides the file's nodata tag (or supplies the
+    missing one, e.g. a thermal export whose outside is 0 with no tag); None -> the file's tag."""
+    rgb_nodata: float | None = None
+    """The RGB's nodata value: a pixel whose every guide band equals it is invalid, like alpha 0
+    (e.g. 0 or 255 for an RGB without alpha whose outside is black or white); overrides the file's
+    tag; None -> the file's tag (and its alpha band, which applies either way)."""
     degradation: str = "area"
     """Degradation model HR -> LR used by the core (``area``: each LR pixel is the mean of its s x s HR pixels)."""
     compress: str = "deflate"
@@ -84,6 +92,14 @@ class JobConfig:
             raise ValueError(f"min_valid_fraction {self.min_valid_fraction}: expected 0..1")
         if self.compress not in ("deflate", "zstd"):
             raise ValueError(f"compress {self.compress!r}: expected 'deflate' or 'zstd'")
+        for name in ("target_nodata", "rgb_nodata"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise ValueError(f"{name} {v!r}: expected a number or None")
+                if v != v:  # NaN pixels are nodata whatever is declared; keeps job.json strict JSON
+                    raise ValueError(f"{name} nan: NaN pixels are always nodata; declare a number (e.g. 0, -9999)")
+                object.__setattr__(self, name, float(v))
         # normalise sequences to tuples so equal configs compare (and hash) equal after JSON
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         for name in ("guide_bands", "target_bands"):

@@ -147,7 +147,7 @@ def test_scale_above_core_limit(nir40, tmp_path):
     if MAX_SCALE >= 16:
         pytest.skip("the core supports every pipeline scale")
     expect_error(RGB, nir40, str(tmp_path / "o.tif"), CFG.replace(scale=MAX_SCALE + 1),
-                 rf"scale {MAX_SCALE + 1} is above what method 'bicubic' supports \({MAX_SCALE}\)")
+                 rf"^--scale {MAX_SCALE + 1}: out of range \(must be 2\.\.{MAX_SCALE}\)$")
     # a custom tile function is not bound by the core's limit
     job = pipelines.prepare(RGB, nir40, str(tmp_path / "ok.tif"),
                             CFG.replace(scale=MAX_SCALE + 1, tile_fn="pipelines.tilefn:bicubic_tile_fn"))

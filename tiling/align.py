@@ -25,7 +25,7 @@ from .errors import InputWarning, InvalidInput
 from .files import atomic_output
 from .grid import Grid, Window
 from .plan import TilePlan
-from .rasters import RasterInfo
+from .rasters import RasterInfo, reading
 
 MIN_SCALE, MAX_SCALE = 2, 16
 #: below this share of the RGB covered by the target, warn (the job still runs)
@@ -60,24 +60,47 @@ def res_in(info: RasterInfo, crs: str) -> tuple[float, float]:
     return (abs(t.a), abs(t.e))
 
 
-def choose_scale(rgb: RasterInfo, target: RasterInfo, override: int | None) -> tuple[int, float]:
-    """(s, measured GSD ratio). ``override`` wins; else the rounded ratio. 2 <= s <= 16."""
+#: a measured ratio this far (relative) from the scale used, or x and y ratios this far apart,
+#: is said out loud: the target is then resampled, not just re-gridded
+RATIO_TOLERANCE = 0.05
+
+
+def choose_scale(rgb: RasterInfo, target: RasterInfo, override: int | None,
+                 max_scale: int = MAX_SCALE) -> tuple[int, float]:
+    """(s, measured GSD ratio). ``override`` wins; else the rounded ratio. ``MIN_SCALE <= s <= max_scale``.
+
+    ``max_scale`` is the caller's: what its tiles go through supports (the core's 8 for the
+    built-in methods), so the one range a user reads is the one that applies. An automatic
+    scale that is not what the pixel sizes say (a ratio of 1.5 -> 2, 40 x 20 m pixels -> 3) is an
+    ``InputWarning`` naming the measured ratios and ``--scale N``."""
     tx, ty = res_in(target, rgb.grid.crs)
     hx, hy = rgb.grid.res
-    ratio = math.sqrt((tx / hx) * (ty / hy))
+    rx, ry = tx / hx, ty / hy
+    ratio = math.sqrt(rx * ry)
+    span = f"{MIN_SCALE}..{max_scale}"
     if override is not None:
         if isinstance(override, bool) or int(override) != override:
-            raise InvalidInput(f"--scale {override!r}: must be an integer between {MIN_SCALE} and {MAX_SCALE}")
+            raise InvalidInput(f"--scale {override!r}: must be an integer {span}")
         s = int(override)
-        if not MIN_SCALE <= s <= MAX_SCALE:
-            raise InvalidInput(f"--scale {s}: out of range (must be {MIN_SCALE}..{MAX_SCALE})")
+        if not MIN_SCALE <= s <= max_scale:
+            raise InvalidInput(f"--scale {s}: out of range (must be {span})")
         return s, ratio
     s = int(round(ratio))
-    if not MIN_SCALE <= s <= MAX_SCALE:
+    if not MIN_SCALE <= s <= max_scale:
         raise InvalidInput(
             f"target file {target.path}: ground sample distance ratio to the RGB is {ratio:.2f} "
-            f"(rounds to {s}); supported scales are {MIN_SCALE}..{MAX_SCALE} (pass --scale N to override)"
+            f"(rounds to {s}); supported scales are {span} (pass --scale N to override)"
         )
+    if abs(rx - ry) > RATIO_TOLERANCE * max(rx, ry):
+        warnings.warn(
+            f"target file {target.path}: its pixels are not the RGB's shape: pixel size ratio {rx:.2f} in x, "
+            f"{ry:.2f} in y; scale {s} is used (their geometric mean {ratio:.2f}, rounded) and the target is "
+            f"resampled onto the RGB's grid coarsened x{s}; pass --scale N to choose another", InputWarning, stacklevel=2)
+    elif abs(ratio - s) > RATIO_TOLERANCE * s:
+        warnings.warn(
+            f"target file {target.path}: pixel size ratio to the RGB is {ratio:.2f}, not an integer; scale {s} "
+            f"is used and the target is resampled onto the x{s} grid; pass --scale N to choose another",
+            InputWarning, stacklevel=2)
     return s, ratio
 
 
@@ -144,33 +167,34 @@ def target_to_lr(target: RasterInfo, bands: tuple[int, ...], lr: Grid, dst_path:
                 for r0 in range(0, lr.height, rows):
                     win = Window(r0, 0, min(rows, lr.height - r0), lr.width)
                     out = np.full((len(bands), win.height, win.width), np.nan, dtype=np.float32)
-                    for i, b in enumerate(bands):
-                        if mode == "copy":
-                            assert offset is not None
-                            want = Window(win.row - offset[0], win.col - offset[1], win.height, win.width)
-                            part = want.intersect(target.grid.full_window)
-                            if part is None:
-                                continue
-                            a = src.read(b, window=((part.row, part.row_end), (part.col, part.col_end))).astype(np.float64)
-                            if nodata is not None:
-                                a[a == nodata] = np.nan
-                            a = a * target.scales[b - 1] + target.offsets[b - 1]
-                            out[i, part.row - want.row : part.row_end - want.row,
-                                part.col - want.col : part.col_end - want.col] = a
-                        else:
-                            common = dict(
-                                source=rasterio.band(src, b), src_crs=target.grid.crs,
-                                src_transform=target.grid.affine, src_nodata=nodata,
-                                dst_transform=lr.window_transform(win), dst_crs=lr.crs, dst_nodata=float("nan"),
-                                init_dest_nodata=True, XSCALE=min(1.0, tx / lx), YSCALE=min(1.0, ty / ly),
-                            )
-                            dst_arr = np.full((win.height, win.width), np.nan, dtype=np.float32)
-                            reproject(destination=dst_arr, resampling=Resampling[mode], **common)
-                            # the validity mask is resampled with nearest (crisp, predictable edges)
-                            near = np.full((win.height, win.width), np.nan, dtype=np.float32)
-                            reproject(destination=near, resampling=Resampling.nearest, **common)
-                            dst_arr[~np.isfinite(near)] = np.nan
-                            out[i] = dst_arr * np.float32(target.scales[b - 1]) + np.float32(target.offsets[b - 1])
+                    with reading(target.path, "target"):
+                        for i, b in enumerate(bands):
+                            if mode == "copy":
+                                assert offset is not None
+                                want = Window(win.row - offset[0], win.col - offset[1], win.height, win.width)
+                                part = want.intersect(target.grid.full_window)
+                                if part is None:
+                                    continue
+                                a = src.read(b, window=((part.row, part.row_end), (part.col, part.col_end))).astype(np.float64)
+                                if nodata is not None:
+                                    a[a == nodata] = np.nan
+                                a = a * target.scales[b - 1] + target.offsets[b - 1]
+                                out[i, part.row - want.row : part.row_end - want.row,
+                                    part.col - want.col : part.col_end - want.col] = a
+                            else:
+                                common = dict(
+                                    source=rasterio.band(src, b), src_crs=target.grid.crs,
+                                    src_transform=target.grid.affine, src_nodata=nodata,
+                                    dst_transform=lr.window_transform(win), dst_crs=lr.crs, dst_nodata=float("nan"),
+                                    init_dest_nodata=True, XSCALE=min(1.0, tx / lx), YSCALE=min(1.0, ty / ly),
+                                )
+                                dst_arr = np.full((win.height, win.width), np.nan, dtype=np.float32)
+                                reproject(destination=dst_arr, resampling=Resampling[mode], **common)
+                                # the validity mask is resampled with nearest (crisp, predictable edges)
+                                near = np.full((win.height, win.width), np.nan, dtype=np.float32)
+                                reproject(destination=near, resampling=Resampling.nearest, **common)
+                                dst_arr[~np.isfinite(near)] = np.nan
+                                out[i] = dst_arr * np.float32(target.scales[b - 1]) + np.float32(target.offsets[b - 1])
                     dst.write(out, window=((win.row, win.row_end), (win.col, win.col_end)))
                 for i, b in enumerate(bands):
                     dst.set_band_description(i + 1, target.descriptions[b - 1] or f"band {b}")
@@ -198,7 +222,9 @@ def survey_stats(
 
     ``robust_range(values) -> (lo, hi)`` is the core's normalisation range
     (``cmsr.inputs.robust_range``), passed in by ``pipelines``: one definition for a tile and a
-    survey, and ``tiling`` stays free of torch."""
+    survey, and ``tiling`` stays free of torch. A target without a valid pixel gives
+    ``target_valid_pixels == 0`` (neutral ranges): the caller names its file; an unreadable
+    RGB raises ``InvalidInput`` naming the RGB."""
     from .rasters import validity
 
     s, lr, hr = plan.scale, plan.lr_grid, plan.hr_grid
@@ -229,10 +255,11 @@ def survey_stats(
                 hr_r0, hr_r1 = r0 * s, min(hr.height, (r0 + rows) * s)
                 g_rows = -(-(hr_r1 - hr_r0) // s)
                 g_cols = -(-hr.width // s)
-                g = gds.read(
-                    read_bands, window=((hr_r0, hr_r1), (0, hr.width)), out_shape=(len(read_bands), g_rows, g_cols),
-                    resampling=Resampling.nearest,
-                ).astype(np.float32)
+                with reading(guide.path, "RGB"):
+                    g = gds.read(
+                        read_bands, window=((hr_r0, hr_r1), (0, hr.width)), out_shape=(len(read_bands), g_rows, g_cols),
+                        resampling=Resampling.nearest,
+                    ).astype(np.float32)
                 gvalid = np.zeros_like(tvalid)
                 gvalid[:g_rows, :g_cols] = validity(g, guide, read_bands)
                 valid = tvalid & gvalid
@@ -257,8 +284,6 @@ def survey_stats(
                 gs = g[(slice(None),) + sub[1:]][: len(guide_bands)]
                 gs = gs[:, gv[: gs.shape[1], : gs.shape[2]]] if gs.size else gs.reshape(len(guide_bands), 0)
                 g_samples.append(gs)
-    if n_valid == 0:
-        raise InvalidInput("target file: has no valid pixels over the RGB (all nodata)")
     ts = np.concatenate(t_samples, axis=1)
     gs = np.concatenate(g_samples, axis=1)
     # a band whose subsample holds no valid pixel (possible only for a handful of valid
@@ -278,6 +303,31 @@ def north_up_grid(grid: Grid) -> Grid:
     from affine import Affine
 
     return Grid.from_affine(h, w, Affine(res, 0.0, left, 0.0, -res, top), grid.crs)
+
+
+def _units(crs: str) -> str:
+    """The CRS's linear unit as a person writes it (``m`` for metres)."""
+    from rasterio.crs import CRS
+
+    try:
+        c = CRS.from_user_input(crs)
+        unit = c.linear_units if c.is_projected else "degree"
+    except Exception:  # noqa: BLE001 - only wording depends on it
+        return "CRS units"
+    return {"metre": "m", "meter": "m", "metres": "m", "meters": "m"}.get(unit, unit)
+
+
+def output_grid(rgb: RasterInfo) -> Grid:
+    """The HR (output) grid: the RGB's own grid, or ``north_up_grid`` of a rotated/sheared/flipped
+    one. Said as an ``InputWarning`` in that case: a user was promised exactly the RGB's grid."""
+    if rgb.grid.is_north_up:
+        return rgb.grid
+    hr = north_up_grid(rgb.grid)
+    warnings.warn(
+        f"RGB file {rgb.path}: its geotransform is not north-up (rotated, sheared or flipped), so the output is on "
+        f"a north-up grid at the same resolution ({hr.res[0]:g} {_units(hr.crs)} pixels, {hr.height} x {hr.width}), "
+        "not the RGB's own grid; the RGB is resampled onto it (bilinear)", InputWarning, stacklevel=2)
+    return hr
 
 
 def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterInfo:
@@ -307,7 +357,8 @@ def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterI
             with rasterio.open(rgb.path) as src, rasterio.open(vtmp, "w", **vprof) as vd:
                 for r0 in range(0, g.height, srows):
                     h = min(srows, g.height - r0)
-                    raw = src.read(read_bands, window=((r0, r0 + h), (0, g.width))).astype(np.float32)
+                    with reading(rgb.path, "RGB"):
+                        raw = src.read(read_bands, window=((r0, r0 + h), (0, g.width))).astype(np.float32)
                     vd.write((validity(raw, rgb, read_bands).astype(np.uint8) + 1)[None],
                              window=((r0, r0 + h), (0, g.width)))
             # 2) colours (bilinear) and validity (nearest) onto the north-up grid, by strips
@@ -324,12 +375,13 @@ def rgb_to_hr(rgb: RasterInfo, bands: tuple[int, ...], dst_path: str) -> RasterI
                     win = Window(r0, 0, min(rows, hr.height - r0), hr.width)
                     wt = hr.window_transform(win)
                     out = np.zeros((count, win.height, win.width), dtype=rgb.dtype)
-                    for i, b in enumerate(bands):
-                        reproject(source=rasterio.band(src, b), destination=out[i], src_crs=g.crs,
-                                  src_transform=g.affine, dst_transform=wt, dst_crs=hr.crs,
-                                  resampling=Resampling.bilinear, XSCALE=1, YSCALE=1)
-                        # (pinned: for a rotated source GDAL's estimate of the scale comes from
-                        # bounding boxes and would widen the kernel; same pixel size here)
+                    with reading(rgb.path, "RGB"):
+                        for i, b in enumerate(bands):
+                            reproject(source=rasterio.band(src, b), destination=out[i], src_crs=g.crs,
+                                      src_transform=g.affine, dst_transform=wt, dst_crs=hr.crs,
+                                      resampling=Resampling.bilinear, XSCALE=1, YSCALE=1)
+                            # (pinned: for a rotated source GDAL's estimate of the scale comes from
+                            # bounding boxes and would widen the kernel; same pixel size here)
                     v = np.zeros((win.height, win.width), dtype=np.uint8)
                     reproject(source=rasterio.band(vd, 1), destination=v, src_crs=g.crs, src_transform=g.affine,
                               src_nodata=0, dst_transform=wt, dst_crs=hr.crs, dst_nodata=0,

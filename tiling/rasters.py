@@ -7,15 +7,18 @@ tile window with ``isel`` and computes only that; no process ever holds the full
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio._err import CPLE_BaseError  # GDAL's errors as rasterio raises them (no public alias)
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError, WarpOperationError
 
 from .errors import InvalidInput
 from .grid import Grid, Window, crs_string
@@ -64,8 +67,49 @@ class RasterInfo:
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    """GDAL's own words: rasterio's "Read failed. See previous exception" hides them in the cause."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause if isinstance(cause, CPLE_BaseError) else exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@contextlib.contextmanager
+def reading(path: str, role: str) -> Iterator[None]:
+    """Pixel reads of an input file: GDAL's read errors (a truncated or damaged file, found only
+    when its blocks are decoded) become one line naming the file instead of a traceback."""
+    try:
+        yield
+    except (RasterioIOError, WarpOperationError, CPLE_BaseError) as exc:
+        raise InvalidInput(f"{role} file {path}: unreadable (truncated or damaged?): {_first_line(exc)}") from None
+
+
+def _read_last_block(ds, path: str, role: str) -> None:
+    """Decode the file's last block: a truncated file (its directory at the start, as GDAL and
+    COG writers put it) opens fine and fails only here, cheaply, before any work starts."""
+    bh, bw = ds.block_shapes[-1]
+    r0, c0 = (ds.height - 1) // bh * bh, (ds.width - 1) // bw * bw
+    with reading(path, role):
+        ds.read(ds.count, window=((r0, min(ds.height, r0 + bh)), (c0, min(ds.width, c0 + bw))))
+
+
+def _no_geotransform(ds, path: str, role: str) -> InvalidInput:
+    gcps, _ = ds.gcps
+    if gcps:
+        return InvalidInput(
+            f"{role} file {path}: georeferenced by {len(gcps)} ground control points, not a geotransform; "
+            f"warp it onto a grid first, e.g. gdalwarp -tps -r bilinear {path} {_warped_name(path)}"
+        )
+    return InvalidInput(f"{role} file {path}: has no geotransform (not a georeferenced raster)")
+
+
+def _warped_name(path: str) -> str:
+    stem, _ = os.path.splitext(path)
+    return f"{stem}_warped.tif"
+
+
 def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
-    """Open ``path`` (metadata only) or raise InvalidInput naming the file and the problem."""
+    """Open ``path`` (metadata and its last block) or raise InvalidInput naming the file and the problem."""
     if not os.path.exists(path):
         raise InvalidInput(f"{role} file {path}: does not exist")
     if not os.path.isfile(path):
@@ -76,6 +120,10 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
+                # before the CRS: a GCP-only file has no CRS of its grid either, and
+                # --assume-crs cannot help it
+                if ds.transform.is_identity:
+                    raise _no_geotransform(ds, path, role)
                 crs = crs_string(ds.crs)
                 if not crs:
                     if not assume_crs:
@@ -87,8 +135,7 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
                         crs = crs_string(assume_crs)
                     except Exception as exc:  # rasterio raises CRSError with a long message
                         raise InvalidInput(f"--assume-crs {assume_crs!r}: not a CRS ({exc})") from None
-                if ds.transform.is_identity:
-                    raise InvalidInput(f"{role} file {path}: has no geotransform (not a georeferenced raster)")
+                _read_last_block(ds, path, role)
                 alpha = next(
                     (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
                 )
@@ -111,6 +158,47 @@ def inspect(path: str, role: str, assume_crs: str | None = None) -> RasterInfo:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInput(f"{role} file {path}: not a readable raster ({first})") from None
     return info
+
+
+def spell_value(value: float, dtype: str) -> str:
+    """A pixel value as a user types it back: the shortest text that reads as the same value of
+    ``dtype`` (``0``, ``-9999``, ``0.1`` for float32(0.1))."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    kind = np.dtype(dtype).type if np.issubdtype(np.dtype(dtype), np.floating) else np.float64
+    with np.errstate(over="ignore"):
+        for digits in range(1, 18):
+            text = f"{value:.{digits}g}"
+            if kind(float(text)) == kind(value):
+                return text
+    return repr(float(value))
+
+
+def declare_nodata(info: RasterInfo, value: float | None, option: str, role: str) -> RasterInfo:
+    """``info`` with the user's nodata (``--target-nodata``/``--rgb-nodata``) instead of the file's.
+
+    Why stored cast to the file's type: pixels are compared with it in that type (GDAL's warp, the
+    exact copy), so 0.1 declared for a float32 file must be float32(0.1) to match any pixel. A value
+    the file's type cannot hold would match nothing: refused, naming the option and the file."""
+    if value is None:
+        return info
+    v = float(value)
+    dt = np.dtype(info.dtype)
+    if np.issubdtype(dt, np.integer):
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        if not (np.isfinite(v) and v == int(v) and lo <= v <= hi):
+            raise InvalidInput(
+                f"{option} {spell_value(v, 'float64')}: {role} file {info.path} holds {dt.name} values; "
+                f"expected an integer {lo}..{hi}"
+            )
+    else:
+        with np.errstate(over="ignore"):
+            cast = dt.type(v)
+        if np.isfinite(v) and not np.isfinite(cast):
+            raise InvalidInput(f"{option} {spell_value(v, 'float64')}: {role} file {info.path} holds {dt.name} "
+                               "values; out of their range")
+        v = float(cast)
+    return replace(info, nodata=repr(v))
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

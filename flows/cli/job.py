@@ -32,7 +32,8 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
                halo: int = 32, seed: int = 0, device: str = "cpu", work_dir: Optional[Path] = None,
                resume: bool = True, assume_crs: Optional[str] = None, min_valid: float = 0.05,
                stitch: str = "core", tile_fn: Optional[str] = None, warm_start: bool = False,
-               guide_bands: Optional[str] = None, target_bands: Optional[str] = None) -> Any:
+               guide_bands: Optional[str] = None, target_bands: Optional[str] = None,
+               target_nodata: Optional[float] = None, rgb_nodata: Optional[float] = None) -> Any:
     """The ``pipelines.JobConfig`` of the command-line options; its own checks (method, stitch,
     ...) are the user's to fix, so they become :class:`UsageError`."""
     import pipelines
@@ -45,7 +46,8 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
             method=method, preset=preset, scale=chosen_scale, tile_size=tile_size, halo=halo, seed=seed,
             device=device, work_dir=str(work_dir) if work_dir else None, resume=resume, assume_crs=assume_crs,
             min_valid_fraction=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
-            guide_bands=guide_selection, target_bands=target_selection,
+            guide_bands=guide_selection, target_bands=target_selection, target_nodata=target_nodata,
+            rgb_nodata=rgb_nodata,
         )
     except ValueError as exc:  # JobConfig.__post_init__ validates exactly these options
         raise UsageError(str(exc)) from None

@@ -107,6 +107,13 @@ SEED = typer.Option(0, "--seed", help="Base seed (tile i uses seed+i).")
 DEVICE = typer.Option("cpu", "--device", help="torch device: cpu | cuda | cuda:N (GPU clusters choose cuda themselves).")
 ASSUME_CRS = typer.Option(None, "--assume-crs", help="CRS for inputs whose files carry none, e.g. EPSG:32632.")
 MIN_VALID = typer.Option(0.05, "--min-valid", help="Skip tiles whose valid fraction is smaller (0..1).")
+TARGET_NODATA = typer.Option(None, "--target-nodata", metavar="VALUE",
+                             help="The target's nodata value, declared: overrides the file's tag (e.g. 0 for a "
+                                  "thermal export whose outside is 0 with no tag).")
+RGB_NODATA = typer.Option(None, "--rgb-nodata", metavar="VALUE",
+                          help="The RGB's nodata value: pixels whose guide bands all equal it are invalid, like "
+                               "alpha 0 (e.g. 0 or 255 for an RGB without alpha whose outside is black or white); "
+                               "overrides the file's tag.")
 GUIDE_BANDS = typer.Option(None, "--guide-bands",
                            help="RGB file bands to guide with, 1-based, e.g. 3,2,1 (default: all but alpha, 1 to 4).")
 TARGET_BANDS = typer.Option(None, "--target-bands",

@@ -35,7 +35,8 @@ def plan(
     method: str = options.method_option(), preset: Optional[str] = options.preset_option(), tile_size: int = options.TILE_SIZE,
     halo: int = options.HALO, workers: Optional[int] = options.WORKERS, assume_crs: Optional[str] = options.ASSUME_CRS,
     min_valid: float = options.MIN_VALID, guide_bands: Optional[str] = options.GUIDE_BANDS,
-    target_bands: Optional[str] = options.TARGET_BANDS,
+    target_bands: Optional[str] = options.TARGET_BANDS, target_nodata: Optional[float] = options.TARGET_NODATA,
+    rgb_nodata: Optional[float] = options.RGB_NODATA,
     probe: bool = typer.Option(False, "--probe", help="Time one real tile here instead of using the rough table."),
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
@@ -50,7 +51,7 @@ def plan(
         options.workers_check(workers)
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo,
                             assume_crs=assume_crs, min_valid=min_valid, guide_bands=guide_bands,
-                            target_bands=target_bands)
+                            target_bands=target_bands, target_nodata=target_nodata, rgb_nodata=rgb_nodata)
         with tempfile.TemporaryDirectory(prefix="cmsr-plan-") as tmp:
             config = config.replace(work_dir=tmp, quicklook=False)
             job = pipelines.prepare(str(rgb), str(target), os.path.join(tmp, "plan.tif"), config)

@@ -30,6 +30,7 @@ def submit(
     scale: str = options.scale_option(), method: str = options.method_option(), preset: Optional[str] = options.preset_option(),
     tile_size: int = options.TILE_SIZE, halo: int = options.HALO, seed: int = options.SEED,
     guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
+    target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Send a job to a Dask cluster or a Prefect deployment and print its flow run id (returns at once)."""
@@ -40,7 +41,8 @@ def submit(
         if bool(scheduler) == bool(deployment):
             raise UsageError("give exactly one of --scheduler ADDR or --deployment NAME")
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
-                            guide_bands=guide_bands, target_bands=target_bands)
+                            guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
+                            rgb_nodata=rgb_nodata)
         args = (str(rgb.resolve()), str(target.resolve()), str(out.resolve()), config.to_dict())
         if scheduler:
             run_id = submission.to_scheduler(scheduler, *args)

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import replace
 
-from tiling import align, output, rasters
+from tiling import align, borders, output, rasters
 from tiling.plan import make_plan
 from tiling.errors import InputWarning, InvalidInput
 
@@ -46,10 +46,12 @@ def select_bands(info: rasters.RasterInfo, wanted: tuple[int, ...] | None, role:
     return tuple(bands)
 
 
-def core_max_scale(config: JobConfig) -> int | None:
-    """The core's largest scale when tiles go through ``cmsr`` (None for custom functions)."""
+def scale_limit(config: JobConfig) -> int:
+    """The largest scale this job's tiles support, the one range every message states: the
+    core's (``cmsr.inputs.MAX_SCALE``) for the built-in methods, tiling's own for a custom tile
+    function (the core never sees its tiles)."""
     if config.tile_fn is not None:
-        return None
+        return align.MAX_SCALE
     from cmsr.inputs import MAX_SCALE
 
     return MAX_SCALE
@@ -64,27 +66,28 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     """
     config = config or JobConfig()
     out = os.path.abspath(out)
-    rgb_info = rasters.inspect(rgb, "RGB", config.assume_crs)
-    tgt_info = rasters.inspect(target, "target", config.assume_crs)
+    rgb_info = rasters.declare_nodata(rasters.inspect(rgb, "RGB", config.assume_crs), config.rgb_nodata,
+                                      "--rgb-nodata", "RGB")
+    tgt_info = rasters.declare_nodata(rasters.inspect(target, "target", config.assume_crs), config.target_nodata,
+                                      "--target-nodata", "target")
     align.check_output(out, [rgb, target])
     work_dir = os.path.abspath(config.work_dir or out + ".work")
     guide_bands = select_bands(rgb_info, config.guide_bands, "RGB", (1, 4))
     target_bands = select_bands(tgt_info, config.target_bands, "target", (1, 16))
-    hr = rgb_info.grid if rgb_info.grid.is_north_up else align.north_up_grid(rgb_info.grid)
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as wlist:
         warnings.simplefilter("always", InputWarning)
+        hr = align.output_grid(rgb_info)
         overlap = align.check_overlap(hr, rgb_info.path, tgt_info)
+        s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale, scale_limit(config))
+        borders.warn_undeclared_border(rgb_info, guide_bands, "RGB", "--rgb-nodata")
+        borders.warn_undeclared_border(tgt_info, target_bands, "target", "--target-nodata")
     for w in wlist:
+        if not issubclass(w.category, InputWarning):  # not ours to list: pass it on as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
         caught.append(str(w.message))
         warnings.warn(str(w.message), InputWarning, stacklevel=2)
-    s, ratio = align.choose_scale(rgb_info, tgt_info, config.scale)
-    core_max = core_max_scale(config)
-    if core_max is not None and s > core_max:
-        raise InvalidInput(
-            f"target file {tgt_info.path}: scale {s} is above what method {config.method!r} supports ({core_max}); "
-            "pass --scale N with a smaller N"
-        )
     geometry = make_plan(hr, s, config.tile_size, config.halo)
 
     try:
@@ -128,18 +131,27 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
     from cmsr.inputs import robust_range  # here: importing the core loads torch
 
-    try:
-        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
-                                   functools.partial(robust_range, percentiles=config.percentiles),
-                                   preview_size=output.quicklook_size(hr))
-    except InvalidInput:
-        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint") from None
+    stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
+                               functools.partial(robust_range, percentiles=config.percentiles),
+                               preview_size=output.quicklook_size(hr))
+    if stats.target_valid_pixels == 0:
+        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint")
     if stats.preview is not None:
         save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
     full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
     if all(t.valid_fraction <= 0.0 for t in full_plan.tiles):
         raise InvalidInput(
             f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target {tgt_info.path}"
+        )
+    if all(t.skip for t in full_plan.tiles):  # else: an all-nodata output, "0 tile(s)", exit 0
+        lr = geometry.lr_grid
+        share = stats.target_valid_pixels / (lr.height * lr.width)
+        best = max(t.valid_fraction for t in full_plan.tiles)
+        raise InvalidInput(
+            f"target file {tgt_info.path}: valid in {100 * share:.3g}% of the RGB's footprint "
+            f"({stats.target_valid_pixels} LR pixel(s)); no tile reaches min_valid_fraction "
+            f"{config.min_valid_fraction:g} (--min-valid; the best tile is {100 * best:.3g}% valid in both the target "
+            "and the RGB), so nothing would be super-resolved"
         )
     job = Job(
         key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
