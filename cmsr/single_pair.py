@@ -17,8 +17,11 @@ import numpy as np
 
 from cmsr import image_io
 from cmsr.api import METHODS, SRResult, run
-from cmsr.inputs import check_guide_size, check_scale
+from cmsr.inputs import check_guide_size, check_scale, prepare_target
 from cmsr.errors import InvalidInput
+
+#: the methods that read the guide (the others are told it is ignored, so a wrong file is noticed)
+GUIDED_METHODS = ("cmsr", "guided")
 
 PROGRESS_EVERY = 50
 """Echo a progress line every this many training iterations."""
@@ -83,18 +86,25 @@ def run_single_pair(
 
     target = image_io.read_target(tpath)
     guide = image_io.read_guide(gpath) if gpath is not None else None
-    if guide is None and method in ("cmsr", "guided"):
+    if guide is None and method in GUIDED_METHODS:
         raise InvalidInput(f"method {method!r} needs --guide")
     is_png = opath.suffix.lower() in image_io.PNG_SUFFIXES
     if is_png and target.dtype not in (np.uint8, np.uint16):
         raise InvalidInput(
             f"{opath}: the target {tpath.name} is {target.dtype}; a PNG cannot hold it in its units, use .tif"
         )
+    try:  # the core's own target checks (size, all nodata), here so the message names the file
+        prepare_target(target, None)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{tpath}: {exc}") from None
+    guide_notes: list[str] = []  # said before training; the core warns itself about a resampled guide
     if guide is not None:
         try:
             check_guide_size(guide.shape[:2], target.shape[:2], s)
         except InvalidInput as exc:
             raise InvalidInput(f"{gpath}: {exc}") from None
+        if method not in GUIDED_METHODS:
+            guide_notes.append(f"method {method!r} does not use a guide; {gpath} is ignored")
 
     from cmsr.config import DEFAULT_PRESET, CMSRConfig
 
@@ -112,6 +122,8 @@ def run_single_pair(
     learned = f" ({preset or DEFAULT_PRESET} preset{', no warp' if no_warp else ''})" if method in ("cmsr", "zssr") else ""
     say(f"{method} x{s}: {tpath.name} {target.shape[0]}x{target.shape[1]} -> "
         f"{s * target.shape[0]}x{s * target.shape[1]}{learned}")
+    for line in guide_notes:
+        say(f"note: {line}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run(target, guide, s, config, method=method, seed=seed, device=device, progress=progress)

@@ -102,6 +102,16 @@ def test_sr_errors_are_one_line(tmp_path):
     _one_error_line(r, "scale")
 
 
+@pytest.mark.parametrize("command", ["run", "submit"])
+@pytest.mark.parametrize("name", ["sr.png", "sr.jpg", "sr"])
+def test_a_non_tiff_output_name_is_refused(sample, tmp_path, command, name):
+    """The output is a COG: a ``.png`` name would give GIS tools a GeoTIFF they open as a PNG."""
+    extra = ["--scheduler", "tcp://127.0.0.1:1"] if command == "submit" else ["--method", "bicubic"]
+    r = runner.invoke(app, [command, str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / name), *extra])
+    _one_error_line(r, f"{name}: the output is a Cloud-Optimized GeoTIFF")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_submit_needs_exactly_one_destination(sample, tmp_path):
     r = runner.invoke(app, ["submit", str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / "o.tif")])
     _one_error_line(r, "exactly one of --scheduler")

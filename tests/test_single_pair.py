@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cmsr import InvalidInput, image_io
 from cmsr.single_pair import run_single_pair
@@ -61,6 +62,28 @@ def test_aspect_mismatch_names_the_guide_and_inputs_are_never_overwritten(
         run_single_pair(lr, guide, lr, 4, "bicubic")
     with pytest.raises(InvalidInput, match="unsupported output format"):
         run_single_pair(lr, guide, tmp_path / "o.bmp", 4, "bicubic")
+
+
+def test_a_target_too_small_names_the_file(guide: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one_pixel.png"
+    image_io.write_image(one, np.full((1, 1), 7, np.uint8), np.uint8)
+    with pytest.raises(InvalidInput, match=r"one_pixel.png: target is too small: 1x1"):
+        run_single_pair(one, guide, tmp_path / "o.png", 4, "bp")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_guide_the_method_ignores_is_said(lr: Path, guide: Path, tmp_path: Path) -> None:
+    """A guide 8x too small with a method that never reads it: said before the run, not silently
+    dropped (the user may have given the wrong file)."""
+    small = tmp_path / "small_guide.png"
+    rgb = image_io.read_guide(guide)
+    Image.fromarray(np.ascontiguousarray(rgb[::8, ::8])).save(small)
+    lines: list[str] = []
+    run_single_pair(lr, small, tmp_path / "o.png", 4, "bp", echo=lines.append)
+    assert any("does not use a guide" in line and "small_guide.png is ignored" in line for line in lines), lines
+    lines.clear()
+    run_single_pair(lr, guide, tmp_path / "o2.png", 4, "guided", echo=lines.append)
+    assert not any("ignored" in line for line in lines), lines
 
 
 def test_png_keeps_the_target_dtype_and_tiff_is_float32(lr: Path, guide: Path, tmp_path: Path) -> None:

@@ -34,8 +34,23 @@ LOW_OVERLAP = 0.10
 STRIP_BYTES = 64 << 20
 
 
+#: what a GeoTIFF output may be called: GIS tools pick the reader by the extension, so a COG
+#: named ``.png`` opens as a broken PNG (or not at all)
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def check_output_name(out: str) -> None:
+    """The output is a Cloud-Optimized GeoTIFF, so its name must say so (a pure name check:
+    ``cmsr submit`` runs it even when the output's directory exists only on the cluster)."""
+    if not os.path.basename(out).lower().endswith(GEOTIFF_SUFFIXES):
+        stem = os.path.splitext(os.path.basename(out))[0] or "output"
+        raise InvalidInput(f"output file {out}: the output is a Cloud-Optimized GeoTIFF; "
+                           f"give it a .tif or .tiff name (e.g. {stem}.tif)")
+
+
 def check_output(out: str, inputs: list[str]) -> None:
-    """The output must not be an input and its directory must exist and be writable."""
+    """The output must be a GeoTIFF name, not an input, and its directory must exist and be writable."""
+    check_output_name(out)
     real = os.path.realpath(out)
     for p in inputs:
         if os.path.exists(p) and os.path.realpath(p) == real:

@@ -43,6 +43,9 @@ def submit(
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
                             rgb_nodata=rgb_nodata)
+        from tiling.align import check_output_name
+
+        check_output_name(str(out))
         args = (str(rgb.resolve()), str(target.resolve()), str(out.resolve()), config.to_dict())
         if scheduler:
             run_id = submission.to_scheduler(scheduler, *args)
