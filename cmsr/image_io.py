@@ -118,8 +118,25 @@ def read_guide(path: str | os.PathLike[str]) -> np.ndarray:
     return read_image(p)
 
 
+def _plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give (0o644 under the usual umask 022): ``mkstemp``'s
+    0600 would hide the output from a viewer or server running as another user. Linux says the
+    umask in /proc without changing it; elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write: "callable[[Path], None]") -> None:  # type: ignore[valid-type]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, _plain_file_mode())
+    except OSError:  # a file system without modes (some SMB/FAT mounts): keep what it gives
+        pass
     os.close(fd)
     try:
         write(Path(tmp))

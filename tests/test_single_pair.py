@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,18 @@ def test_aspect_mismatch_names_the_guide_and_inputs_are_never_overwritten(
         run_single_pair(lr, guide, lr, 4, "bicubic")
     with pytest.raises(InvalidInput, match="unsupported output format"):
         run_single_pair(lr, guide, tmp_path / "o.bmp", 4, "bicubic")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_outputs_get_a_plain_files_mode(lr: Path, guide: Path, tmp_path: Path, umask: int) -> None:
+    """Written through a temp file, yet readable as the user's umask says (not mkstemp's 0600)."""
+    old = os.umask(umask)
+    try:
+        for name in ("o.png", "o.tif"):
+            run_single_pair(lr, guide, tmp_path / name, 4, "bicubic")
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    finally:
+        os.umask(old)
 
 
 def test_a_target_too_small_names_the_file(guide: Path, tmp_path: Path) -> None:
