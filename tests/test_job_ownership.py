@@ -1,0 +1,138 @@
+"""One job per output at a time, and refusals that leave nothing behind (issue 11, items 1 and 7).
+
+Two runs on the same ``-o`` used to share ``OUT.work/`` and ``job.json`` (one "succeeded" with an
+all-NaN output or the other job's result); bad input found after the engine had started left
+``OUT.work/`` behind and cost the engine's start-up. Inputs are the bundled real sample
+(Sentinel-2 RGB 10 m, NIR 40 m), changed only where a test needs a bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import pipelines
+from conftest import REPO, engine_env
+from pipelines import JobBusy, JobConfig, StaleLockWarning, own_job
+from pipelines.job.ownership import LockOwner, out_lock_path, work_dir_lock_path
+from tiling.errors import InvalidInput
+
+CFG = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=False)
+
+
+def dead_pid() -> int:
+    """The pid of a process that ran on this host and is gone (as a crashed run's)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def locks_of(out: Path, work_dir: Path) -> list[str]:
+    return [p for p in (out_lock_path(str(out)), work_dir_lock_path(str(work_dir))) if os.path.exists(p)]
+
+
+def write_lock(path: str, **changes) -> None:
+    owner = replace(LockOwner.of_this_process("rgb.tif", "thermal_crashed.tif", "o.tif"), **changes)
+    Path(path).write_text(json.dumps(asdict(owner)))
+
+
+@pytest.fixture(scope="module")
+def all_nodata_target(sample, tmp_path_factory) -> str:
+    """The real NIR with every pixel NaN (an export of an empty area)."""
+    with rasterio.open(sample["target"]) as ds:
+        data, prof = ds.read(), ds.profile
+    p = tmp_path_factory.mktemp("bad") / "thermal_empty.tif"
+    with rasterio.open(p, "w", **dict(prof, dtype="float32", nodata=float("nan"))) as dst:
+        dst.write(np.full(data.shape, np.nan, np.float32))
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def transparent_rgb(sample, tmp_path_factory) -> str:
+    """The real RGB with an alpha band that is 0 everywhere (an empty ODM export)."""
+    with rasterio.open(sample["rgb"]) as ds:
+        data, prof = ds.read(), ds.profile
+    p = tmp_path_factory.mktemp("bad") / "rgb_transparent.tif"
+    with rasterio.open(p, "w", **dict(prof, count=4, photometric="RGB", ALPHA="YES")) as dst:
+        dst.write(np.concatenate([data, np.zeros_like(data[:1])]))
+    return str(p)
+
+
+# ---------------------------------------------------------------- the lock itself
+
+
+def test_a_second_owner_is_refused_naming_the_running_job(sample, tmp_path):
+    out, work = tmp_path / "sr.tif", tmp_path / "sr.tif.work"
+    with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+        assert len(locks_of(out, work)) == 2
+        for other_work in (work, tmp_path / "elsewhere.work"):  # same job again, or another job on the same -o
+            with pytest.raises(JobBusy) as ei:
+                with own_job(str(out), str(other_work), rgb=str(sample["rgb"]), target=str(tmp_path / "other.tif")):
+                    pytest.fail("a second owner got in")
+            msg = str(ei.value)
+            assert isinstance(ei.value, InvalidInput) and "\n" not in msg
+            assert msg.startswith(f"output file {out}: another cmsr job is writing this output"), msg
+            assert f"pid {os.getpid()}" in msg and "target nir_40m.tif" in msg and "another -o" in msg
+        assert not (tmp_path / "elsewhere.work").exists()
+        with pytest.raises(JobBusy, match=r"work directory .*sr\.tif\.work: another cmsr job is using"):
+            with own_job(str(tmp_path / "b.tif"), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+                pass
+        assert not os.path.exists(out_lock_path(str(tmp_path / "b.tif")))
+        # the in-process pipeline owns its output too
+        with pytest.raises(JobBusy):
+            pipelines.superresolve(str(sample["rgb"]), str(sample["target"]), str(out), CFG)
+        assert len(locks_of(out, work)) == 2  # the refused ones removed nothing of the owner's
+    assert locks_of(out, work) == [] and not work.exists() and not out.exists()
+
+
+def test_a_stale_lock_is_taken_over_with_one_warning(sample, tmp_path):
+    """A run killed with SIGKILL leaves both locks; the next run takes them over, saying so once."""
+    out, work = tmp_path / "sr.tif", tmp_path / "sr.tif.work"
+    work.mkdir()
+    pid = dead_pid()
+    for lock in (out_lock_path(str(out)), work_dir_lock_path(str(work))):
+        write_lock(lock, pid=pid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+            for lock in locks_of(out, work):
+                assert json.loads(Path(lock).read_text())["pid"] == os.getpid()
+    stale = [w for w in caught if issubclass(w.category, StaleLockWarning)]
+    assert len(stale) == 1, [str(w.message) for w in caught]
+    assert f"pid {pid}" in str(stale[0].message) and "thermal_crashed.tif" in str(stale[0].message)
+    assert locks_of(out, work) == [] and work.is_dir()  # a work dir that was there stays
+
+
+def test_an_owner_on_another_host_counts_as_running(sample, tmp_path):
+    out, work = tmp_path / "sr.tif", tmp_path / "w"
+    write_lock(out_lock_path(str(out)), pid=dead_pid(), host="render-node-7")
+    with pytest.raises(JobBusy, match=r"on host render-node-7.*another host.*delete .*sr\.tif\.lock"):
+        with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+            pass
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("ending", [None, RuntimeError("tile failed"), KeyboardInterrupt()])
+def test_locks_are_removed_however_the_job_ends(sample, tmp_path, ending):
+    out, work = tmp_path / "sr.tif", tmp_path / "sr.tif.work"
+    try:
+        with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+            (work / "job.json").write_text("{}")  # the job's state: kept for the resume
+            if ending is not None:
+                raise ending
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        assert exc is ending
+    assert locks_of(out, work) == [] and (work / "job.json").exists()
+    with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+        pass  # free again, without a stale-lock notice
+    assert locks_of(out, work) == []
