@@ -136,3 +136,43 @@ def test_locks_are_removed_however_the_job_ends(sample, tmp_path, ending):
     with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
         pass  # free again, without a stale-lock notice
     assert locks_of(out, work) == []
+
+
+# ---------------------------------------------------------------- refusals leave nothing behind
+
+
+def test_refused_inputs_leave_nothing_behind(sample, all_nodata_target, transparent_rgb, tmp_path):
+    for rgb, target, why in ((str(sample["rgb"]), all_nodata_target, "all nodata"),
+                             (transparent_rgb, str(sample["target"]), "no pixel is valid in both")):
+        with pytest.raises(InvalidInput, match=why):
+            pipelines.superresolve(rgb, target, str(tmp_path / "sr.tif"), CFG)
+        assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_in_an_existing_work_dir_keeps_the_earlier_job(sample, all_nodata_target, tmp_path):
+    """A resumable work dir is never removed by a refused run on the same output, and the earlier
+    job still resumes: its tiles reused, a missing one computed from the real target (not from the
+    refused run's LR copy of its empty one)."""
+    out = str(tmp_path / "sr.tif")
+    calls: list[int] = []
+
+    def counting(target, guide, scale, ctx):
+        calls.append(ctx.tile_index)
+        return pipelines.bicubic_tile_fn(target, guide, scale, ctx)
+
+    first = pipelines.superresolve(str(sample["rgb"]), str(sample["target"]), out, CFG, tile_fn=counting)
+    with rasterio.open(first.cog) as ds:
+        expected = ds.read()
+    work = Path(out + ".work")
+    before = sorted(p.name for p in (work / "tiles").iterdir())
+    with pytest.raises(InvalidInput, match="all nodata"):
+        pipelines.superresolve(str(sample["rgb"]), all_nodata_target, out, CFG)
+    assert sorted(p.name for p in (work / "tiles").iterdir()) == before and (work / "job.json").exists()
+    assert locks_of(Path(out), work) == []
+    for f in (work / "tiles").glob("0.*"):  # one tile to compute again: it reads the LR target
+        f.unlink()
+    calls.clear()
+    again = pipelines.superresolve(str(sample["rgb"]), str(sample["target"]), out, CFG, tile_fn=counting)
+    assert calls == [0]
+    with rasterio.open(again.cog) as ds:  # from the real target, not the refused one's LR copy
+        np.testing.assert_array_equal(ds.read(), expected)
