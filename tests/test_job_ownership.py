@@ -176,3 +176,70 @@ def test_a_refusal_in_an_existing_work_dir_keeps_the_earlier_job(sample, all_nod
     assert calls == [0]
     with rasterio.open(again.cog) as ds:  # from the real target, not the refused one's LR copy
         np.testing.assert_array_equal(ds.read(), expected)
+
+
+# ---------------------------------------------------------------- the command, as two processes
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """A ``cmsr`` process with its own temporary Prefect API and home."""
+    env = engine_env({"PREFECT_HOME": str(tmp_path / "prefect-home")})
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def cmsr_run(rgb: str, target: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "run", rgb, target, "-o", str(out), "--method", "bp",
+            "--workers", "1", *extra]
+
+
+@pytest.mark.engine
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(sample, tmp_path):
+    out = tmp_path / "sr.tif"
+    other_target = tmp_path / "thermal_other.tif"
+    shutil.copy(sample["target"], other_target)
+    env = cli_env(tmp_path)
+    first = subprocess.Popen(cmsr_run(str(sample["rgb"]), str(sample["target"]), out, "--json"), cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = Path(out_lock_path(str(out)))
+        deadline = time.time() + 120
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert lock.exists(), "the first run never took its lock"
+        t0 = time.time()
+        second = subprocess.run(cmsr_run(str(sample["rgb"]), str(other_target), out), cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=120)
+        took = time.time() - t0
+        assert first.poll() is None, "the first run ended before the second was checked"
+        assert second.returncode == 2, second.stderr
+        lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: output file {out}: another cmsr job"), second.stderr
+        assert f"pid {first.pid}" in lines[0] and "target nir_40m.tif" in lines[0], lines[0]
+        assert took < 20, f"the refusal took {took:.1f} s"
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["processed"] == 1
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).mean() > 0.99
+    assert not lock.exists() and not os.path.exists(work_dir_lock_path(str(out) + ".work"))
+
+
+@pytest.mark.engine
+def test_run_refuses_an_all_nodata_target_before_the_engine_starts(sample, all_nodata_target, tmp_path):
+    out = tmp_path / "sr.tif"
+    t0 = time.time()
+    r = subprocess.run(cmsr_run(str(sample["rgb"]), all_nodata_target, out), cwd=REPO, env=cli_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    took = time.time() - t0
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "thermal_empty.tif: all nodata" in lines[0], r.stderr
+    assert took < 15, f"the refusal took {took:.1f} s (the engine started?)"
+    left = [n for n in os.listdir(tmp_path) if n != "prefect-home"]  # (Prefect's home: made by its import)
+    assert left == [], left  # no output, no OUT.work, no lock
