@@ -113,6 +113,20 @@ def test_a_stale_lock_is_taken_over_with_one_warning(sample, tmp_path):
     assert locks_of(out, work) == [] and work.is_dir()  # a work dir that was there stays
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="needs Linux /proc")
+def test_a_live_pid_that_is_another_process_is_stale(sample, tmp_path):
+    """A crashed run's pid reused by an unrelated process (here: this one's, with another start
+    time), or a lock from before the host last booted, is stale, not a running job."""
+    out, work = tmp_path / "sr.tif", tmp_path / "w"
+    pid = os.getppid()  # alive, but not the process that wrote the lock
+    for changes in ({"proc_start": "1"}, {"boot": "another-boot", "proc_start": None}):
+        write_lock(out_lock_path(str(out)), pid=pid, **changes)
+        with pytest.warns(StaleLockWarning, match=f"pid {pid}"):
+            with own_job(str(out), str(work), rgb=str(sample["rgb"]), target=str(sample["target"])):
+                pass
+    assert locks_of(out, work) == []
+
+
 def test_an_owner_on_another_host_counts_as_running(sample, tmp_path):
     out, work = tmp_path / "sr.tif", tmp_path / "w"
     write_lock(out_lock_path(str(out)), pid=dead_pid(), host="render-node-7")

@@ -125,7 +125,10 @@ class LockOwner:
             return False
         except PermissionError:
             pass  # another user's process: it exists
-        if self.boot and self.proc_start and self.boot == _boot_id():
+        boot = _boot_id()
+        if self.boot and boot and self.boot != boot:
+            return False  # written before this host last booted: its pid is someone else's now
+        if self.proc_start:
             now = _process_start(self.pid)
             return now is None or now == self.proc_start
         return True
