@@ -6,13 +6,15 @@ are written atomically by ``pipelines``, so a failed, killed or interrupted run 
 only the missing tiles. Prefect's input caching is off (``NO_CACHE``): resumption is the
 job's own, keyed by the plan.
 
-``run_survey`` is what the CLI calls: temporary API, cluster, progress, flow, teardown.
+``run_survey`` is what the CLI calls: own the output, prepare the job here (bad input is refused
+before any engine starts), then temporary API, cluster, progress, flow, teardown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -76,9 +78,15 @@ def _emit(event: Progress) -> None:
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
-def prepare_job(rgb: str, target: str, out: str, config: dict) -> dict:
-    """Validate, align, plan; returns the job file and the tiles still to run."""
-    job = pipelines.prepare(rgb, target, out, pipelines.JobConfig.from_dict(config))
+def prepare_job(rgb: str, target: str, out: str, config: dict, job_path: str | None = None) -> dict:
+    """Validate, align, plan; returns the job file and the tiles still to run. With ``job_path``
+    (prepared by the caller, ``run_survey``) the job is only loaded, not prepared again."""
+    if job_path is None:
+        job = pipelines.prepare(rgb, target, out, pipelines.JobConfig.from_dict(config))
+    else:
+        job = pipelines.load_job(job_path)
+        if job.out != os.path.abspath(out):
+            raise ValueError(f"job {job_path} writes {job.out}, not {out}")
     todo = pipelines.pending(job)
     active = [t.index for t in job.plan.tiles if not t.skip]
     return {
@@ -132,16 +140,29 @@ def _dask_client():
       persist_result=False, validate_parameters=False)
 def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = None, tiles_per_task: int = 1,
                         tile_timeout_s: float | None = None, gpu: bool | None = None,
-                        tile_retries: int = TILE_RETRIES) -> dict:
+                        tile_retries: int = TILE_RETRIES, job_path: str | None = None) -> dict:
     """Super-resolve one survey: ``target`` (thermal/NIR/...) onto ``rgb``'s grid -> COG ``out``.
 
     ``config``: ``pipelines.JobConfig`` fields (JSON-able, so deployments can take it);
     ``tiles_per_task``: tiles per Prefect task (1: one task per tile); ``tile_timeout_s``: per
     tile, scaled by the batch size; ``gpu``: request ``resources={"GPU": 1}`` per tile task
     (None: when the cluster's workers declare a GPU resource); ``tile_retries``: tries after a
-    failure, ``TILE_RETRY_DELAY_S`` apart."""
+    failure, ``TILE_RETRY_DELAY_S`` apart; ``job_path``: the job, already prepared by the caller,
+    who owns its output (``run_survey``); None: prepared here, owning the output while the flow
+    runs (a deployment's or ``cmsr submit``'s run)."""
+    config = dict(config or {})
+    if job_path is not None:
+        return _run_prepared(rgb, target, out, config, tiles_per_task, tile_timeout_s, gpu, tile_retries, job_path)
+    work_dir = pipelines.JobConfig.from_dict(config).work_dir_for(out)
+    with pipelines.own_job(out, work_dir, rgb=rgb, target=target, notice=get_run_logger().warning):
+        return _run_prepared(rgb, target, out, config, tiles_per_task, tile_timeout_s, gpu, tile_retries, None)
+
+
+def _run_prepared(rgb: str, target: str, out: str, config: dict, tiles_per_task: int, tile_timeout_s: float | None,
+                  gpu: bool | None, tile_retries: int, job_path: str | None) -> dict:
+    """The flow's body (inside its run context), for an owned output."""
     logger = get_run_logger()
-    info = prepare_job(rgb, target, out, dict(config or {}))
+    info = prepare_job(rgb, target, out, config, job_path)
     job_path, todo = info["job_path"], list(info["pending"])
     total, reused = info["active"], info["active"] - len(info["pending"])
     for w in info["warnings"]:
@@ -149,7 +170,7 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     _emit(Progress("planned", total, reused, reused=reused, job_path=job_path))
     client = _dask_client()
     use_gpu = gpu_workers(client) if gpu is None else bool(gpu)
-    if todo and (config or {}).get("warm_start"):
+    if todo and config.get("warm_start"):
         with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
             pretrain_task.submit(job_path).result()
         logger.info("survey warm start ready; tiles fine-tune from it")
@@ -197,19 +218,6 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
 # ------------------------------------------------------------------------------------ driver
 
 
-def tile_count_hint(rgb: str, tile_size: int, assume_crs: str | None = None) -> int | None:
-    """Upper bound of the tile count from the RGB's size alone (sizes the embedded cluster
-    before the job is prepared); None when the file cannot be inspected (prepare will say why)."""
-    from tiling import rasters
-    from tiling.errors import InvalidInput
-
-    try:
-        g = rasters.inspect(rgb, "RGB", assume_crs).grid
-    except InvalidInput:
-        return None
-    return math.ceil(g.height / tile_size) * math.ceil(g.width / tile_size)
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """Engine settings of one run (the job's own settings are in ``pipelines.JobConfig``)."""
@@ -220,31 +228,50 @@ class RunOptions:
     tile_retries: int = TILE_RETRIES
 
 
+def planned_config(config: pipelines.JobConfig, cluster: ClusterSpec) -> pipelines.JobConfig:
+    """``config`` with the device the tiles will run on, where it is known before the cluster
+    starts: an embedded GPU cluster (``--gpus``, or GPU resources) runs tiles on ``cuda``. The
+    device is part of the plan key, so the job must be prepared with it."""
+    if config.device != "cpu" or cluster.scheduler:
+        return config
+    from .cluster import resolve_gpus
+
+    if resolve_gpus(cluster.gpus) or "GPU" in dict(cluster.resources):
+        return config.replace(device="cuda")
+    return config
+
+
 def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
-               options: RunOptions = RunOptions(), on_cluster: Callable[[ClusterHandle], None] | None = None):
-    """Run the flow with a temporary Prefect API (unless one is configured) and the cluster of
-    ``options``; returns the flow's final Prefect state (Completed with the summary, or Failed)."""
+               options: RunOptions = RunOptions(), on_cluster: Callable[[ClusterHandle], None] | None = None,
+               notice: Callable[[str], None] | None = None):
+    """Own ``out`` (``pipelines.own_job``: a second run on it is refused with ``JobBusy``), prepare
+    the job in this process, then run the flow with a temporary Prefect API (unless one is
+    configured) and the cluster of ``options``; returns the flow's final Prefect state (Completed
+    with the summary, or Failed). Bad input raises before the API or the cluster starts, and
+    leaves nothing behind. ``notice``: where a taken-over stale lock is told (None: a warning)."""
     from .engine import prefect_api
 
-    hint = options.cluster.max_workers_hint
-    if hint is None and options.cluster.scheduler is None:
-        hint = tile_count_hint(rgb, config.tile_size, config.assume_crs)
-        if hint is not None:
-            hint = math.ceil(hint / max(1, options.tiles_per_task))
-    spec = ClusterSpec(**{**options.cluster.__dict__, "max_workers_hint": hint})
-    with prefect_api() as api:
-        with open_cluster(spec) as handle:  # starts while the temporary API boots
-            api.wait()
-            if on_cluster is not None:
-                on_cluster(handle)
-            if handle.gpu and config.device == "cpu":
-                config = config.replace(device="cuda")
-            f = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=handle.address))
-            return f(rgb, target, out, config=config.to_dict(), tiles_per_task=options.tiles_per_task,
-                     tile_timeout_s=options.tile_timeout_s, gpu=handle.gpu, tile_retries=options.tile_retries,
-                     return_state=True)
+    config = planned_config(config, options.cluster)
+    with pipelines.own_job(out, config.work_dir_for(out), rgb=rgb, target=target, notice=notice):
+        job = pipelines.prepare(rgb, target, out, config)
+        hint = options.cluster.max_workers_hint
+        if hint is None and options.cluster.scheduler is None:
+            hint = max(1, math.ceil(len(pipelines.pending(job)) / max(1, options.tiles_per_task)))
+        spec = ClusterSpec(**{**options.cluster.__dict__, "max_workers_hint": hint})
+        with prefect_api() as api:
+            with open_cluster(spec) as handle:  # starts while the temporary API boots
+                api.wait()
+                if on_cluster is not None:
+                    on_cluster(handle)
+                if handle.gpu and config.device == "cpu":  # an existing cluster's GPU workers: known only now
+                    config = config.replace(device="cuda")
+                    job = pipelines.prepare(rgb, target, out, config)
+                f = superresolve_survey.with_options(task_runner=DaskTaskRunner(address=handle.address))
+                return f(rgb, target, out, config=config.to_dict(), tiles_per_task=options.tiles_per_task,
+                         tile_timeout_s=options.tile_timeout_s, gpu=handle.gpu, tile_retries=options.tile_retries,
+                         job_path=job.job_path, return_state=True)
 
 
 __all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
-           "prepare_job", "tile_task", "finish_job", "tile_count_hint"]
+           "prepare_job", "tile_task", "finish_job", "planned_config"]
 

@@ -4,10 +4,13 @@
 from .config import METHODS, STITCH_MODES, JobConfig
 from .job import (
     Job,
+    JobBusy,
     JobOutputs,
+    StaleLockWarning,
     TileResult,
     finish,
     load_job,
+    own_job,
     pending,
     prepare,
     pretrain_survey,
@@ -22,5 +25,5 @@ from .tilefn import TileBatchFn, TileContext, TileFn, batch_of, bicubic_tile_fn
 __all__ = [
     "METHODS", "STITCH_MODES", "JobConfig", "Job", "JobOutputs", "TileResult", "TileContext", "TileFn",
     "TileBatchFn", "batch_of", "bicubic_tile_fn", "prepare", "load_job", "run_tile", "run_tiles", "pending", "pretrain_survey", "warm_start_paths", "finish", "superresolve",
-    "write_job_quicklook",
+    "write_job_quicklook", "own_job", "JobBusy", "StaleLockWarning",
 ]

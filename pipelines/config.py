@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -128,6 +129,11 @@ class JobConfig:
         if d.get("cmsr_overrides") is not None:
             d["cmsr_overrides"] = tuple(tuple(kv) for kv in d["cmsr_overrides"])
         return cls(**d)
+
+    def work_dir_for(self, out: str) -> str:
+        """The job's work dir for output ``out``: ``work_dir``, else ``<out>.work`` (absolute).
+        One definition: ``prepare`` writes there and ``own_job`` locks it."""
+        return os.path.abspath(self.work_dir or os.path.abspath(out) + ".work")
 
     def result_fields(self) -> dict:
         """The settings that change tile results (part of the plan key)."""

@@ -177,7 +177,7 @@ def _run_with_flow(monkeypatch, sample, tmp_path, outcome, *extra: str):
 
     configs = []
 
-    def run_survey(rgb, target, out, config, options, on_cluster=None):
+    def run_survey(rgb, target, out, config, options, on_cluster=None, notice=None):
         configs.append(config)
         return _FinishedState(outcome)
 

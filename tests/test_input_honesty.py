@@ -222,7 +222,7 @@ def test_nodata_options_reach_the_job_from_run_and_submit(monkeypatch, sample, t
         def result(self, raise_on_failure=True):
             return {"cog": "o.tif", "quicklook": None, "report": "r.json", "processed": 0, "reused": 0}
 
-    monkeypatch.setattr(flows.survey, "run_survey", lambda rgb, target, out, config, options, on_cluster=None:
+    monkeypatch.setattr(flows.survey, "run_survey", lambda rgb, target, out, config, options, on_cluster=None, notice=None:
                         seen.append(config.to_dict()) or Done())
     monkeypatch.setattr(flows.submit, "to_scheduler", lambda addr, rgb, target, out, config:
                         seen.append(config) or "run-id")

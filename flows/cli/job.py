@@ -84,9 +84,13 @@ def run_job(rgb: Path, target: Path, out: Path, config: Any, *, workers: Optiona
         if show:
             typer.echo(f"running on {handle.describe()}", err=True)
 
+    def notice(message: str) -> None:  # a crashed run's lock taken over: said, not a traceback-like warning
+        if not quiet:
+            typer.echo(f"warning: {message}", err=True)
+
     t0 = time.perf_counter()
     with TileProgressBar(show) as bar, progress_listener(bar):
-        state = run_survey(str(rgb), str(target), str(out), config, options, on_cluster=on_cluster)
+        state = run_survey(str(rgb), str(target), str(out), config, options, on_cluster=on_cluster, notice=notice)
     summary = state.result(raise_on_failure=True)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

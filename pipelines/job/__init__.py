@@ -5,7 +5,8 @@ Dask/Prefect: a worker needs only ``job.json`` (shared storage) and tile indexes
 are written atomically under ``<work_dir>/tiles/`` with the plan's key, so a restarted job does
 only the missing tiles.
 
-Modules, in the order a job uses them (each imports only those before it): ``records`` (Job,
+Modules, in the order a job uses them (each imports only those before it): ``ownership``
+(``own_job``: one job per output and work dir at a time, lock files), ``records`` (Job,
 TileResult, JobOutputs and their files), ``tile_store`` (tile result files, resume, ``pending``),
 ``preparation`` (``prepare``), ``tile_inputs`` (a tile's windows, its answer masked back),
 ``execute`` (``run_tiles``/``run_tile``/``pretrain_survey``), ``outputs`` (``finish``: stitch,
@@ -19,6 +20,7 @@ from .. import tilefn
 from ..config import JobConfig
 from .execute import pretrain_survey, run_tile, run_tiles, tiles_per_batch, warm_start_paths
 from .outputs import finish, write_job_quicklook
+from .ownership import JobBusy, StaleLockWarning, own_job
 from .preparation import prepare
 from .records import Job, JobOutputs, TileResult, load_job
 from .tile_store import pending
@@ -26,15 +28,18 @@ from .tile_store import pending
 
 def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = None,
                  tile_fn: tilefn.TileFn | None = None) -> JobOutputs:
-    """The whole job in this process (``flows`` distributes the same stages)."""
-    job = prepare(rgb, target, out, config)
-    pretrain_survey(job.job_path)
-    results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
-    return finish(job.job_path, results)
+    """The whole job in this process (``flows`` distributes the same stages), owning ``out`` and
+    its work dir throughout (``own_job``: a second job on them is refused with ``JobBusy``)."""
+    config = config or JobConfig()
+    with own_job(out, config.work_dir_for(out), rgb=rgb, target=target):
+        job = prepare(rgb, target, out, config)
+        pretrain_survey(job.job_path)
+        results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
+        return finish(job.job_path, results)
 
 
 __all__ = [
     "Job", "JobConfig", "JobOutputs", "TileResult", "prepare", "load_job", "run_tile", "run_tiles",
     "tiles_per_batch", "pending", "pretrain_survey", "warm_start_paths", "finish", "write_job_quicklook",
-    "superresolve",
+    "superresolve", "own_job", "JobBusy", "StaleLockWarning",
 ]

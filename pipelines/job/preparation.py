@@ -7,11 +7,13 @@ reads only its own windows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 
 from tiling import align, borders, output, rasters
@@ -57,6 +59,40 @@ def scale_limit(config: JobConfig) -> int:
     return MAX_SCALE
 
 
+#: the files ``prepare`` writes into the work dir before ``job.json`` (removed again when it refuses)
+PREPARED_FILES = ("target_lr.tif", "rgb_hr.tif", "preview_rgb.npy")
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def _undone_on_failure(work_dir: str, new_dirs: list[str]) -> Iterator[None]:
+    """When preparation fails (a refused input: all nodata, no tile to run, a damaged block...),
+    remove what it wrote, so a refusal leaves nothing behind: the files of ``PREPARED_FILES``
+    this call (re)wrote (one it overwrote would no longer match an earlier ``job.json``; one it
+    did not touch stays) and the folders of ``new_dirs`` it created, if empty. Never anything
+    that was there before and untouched, so a resumable work dir keeps its tiles."""
+    paths = [os.path.join(work_dir, name) for name in PREPARED_FILES]
+    before = {p: _identity(p) for p in paths}
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            if _identity(p) != before[p]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        for d in reversed(new_dirs):  # innermost first
+            with contextlib.suppress(OSError):  # not empty: not only ours
+                os.rmdir(d)
+        raise
+
+
 def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) -> Job:
     """Validate the inputs, align (scale, LR grid, target onto it once), plan the tiles, compute
     survey-level statistics, and write ``<work_dir>/job.json``. Inputs are never modified.
@@ -71,7 +107,7 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
     tgt_info = rasters.declare_nodata(rasters.inspect(target, "target", config.assume_crs), config.target_nodata,
                                       "--target-nodata", "target")
     align.check_output(out, [rgb, target])
-    work_dir = os.path.abspath(config.work_dir or out + ".work")
+    work_dir = config.work_dir_for(out)
     guide_bands = select_bands(rgb_info, config.guide_bands, "RGB", (1, 4))
     target_bands = select_bands(tgt_info, config.target_bands, "target", (1, 16))
     caught: list[str] = []
@@ -90,75 +126,81 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         warnings.warn(str(w.message), InputWarning, stacklevel=2)
     geometry = make_plan(hr, s, config.tile_size, config.halo)
 
-    try:
-        os.makedirs(os.path.join(work_dir, "tiles"), exist_ok=True)
-    except OSError as exc:
-        raise InvalidInput(f"work directory {work_dir}: cannot be created ({exc.strerror})") from None
-    if not os.access(work_dir, os.W_OK):
-        raise InvalidInput(f"work directory {work_dir}: is not writable")
-
-    checksums = {rgb_info.path: rasters.sha256_file(rgb_info.path), tgt_info.path: rasters.sha256_file(tgt_info.path)}
-    key_src = {
-        "format": JOB_FORMAT, "version": package_version(), "inputs": [checksums[rgb_info.path], checksums[tgt_info.path]],
-        "config": config.result_fields(), "guide_bands": guide_bands, "target_bands": target_bands,
-        "hr": hr.to_dict(), "scale": s, "tile": geometry.tile_size, "halo": geometry.halo,
-    }
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-    job_path = os.path.join(work_dir, "job.json")
-    if not config.resume:
-        clear_tiles(work_dir)  # start over: pending() then lists every tile
-    elif os.path.exists(job_path):
+    tiles_dir = os.path.join(work_dir, "tiles")
+    new_dirs = [d for d in (work_dir, tiles_dir) if not os.path.isdir(d)]
+    with _undone_on_failure(work_dir, new_dirs):
         try:
-            old = load_job(job_path)
-        except (ValueError, KeyError, json.JSONDecodeError):
-            old = None
-        if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
-            # same plan: keep the LR target, the statistics and the tiles; settings that do not
-            # change tile results (stitch, compress, quick-look, ...) come from this call
-            if old.config == config:
-                return old
-            job = replace(old, config=config)
-            write_job(job)
-            return job
+            os.makedirs(tiles_dir, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"work directory {work_dir}: cannot be created ({exc.strerror})") from None
+        if not os.access(work_dir, os.W_OK):
+            raise InvalidInput(f"work directory {work_dir}: is not writable")
 
-    guide_info, job_guide_bands = rgb_info, guide_bands
-    if not rgb_info.grid.is_north_up:  # the only case the RGB is resampled: onto the HR grid
-        guide_info = align.rgb_to_hr(rgb_info, guide_bands, os.path.join(work_dir, "rgb_hr.tif"))
-        job_guide_bands = tuple(range(1, len(guide_bands) + 1))
-        assert guide_info.grid.same_as(hr)
-    target_lr = os.path.join(work_dir, "target_lr.tif")
-    resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
-    from cmsr.inputs import robust_range  # here: importing the core loads torch
+        checksums = {rgb_info.path: rasters.sha256_file(rgb_info.path),
+                     tgt_info.path: rasters.sha256_file(tgt_info.path)}
+        key_src = {
+            "format": JOB_FORMAT, "version": package_version(),
+            "inputs": [checksums[rgb_info.path], checksums[tgt_info.path]],
+            "config": config.result_fields(), "guide_bands": guide_bands, "target_bands": target_bands,
+            "hr": hr.to_dict(), "scale": s, "tile": geometry.tile_size, "halo": geometry.halo,
+        }
+        key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
-                               functools.partial(robust_range, percentiles=config.percentiles),
-                               preview_size=output.quicklook_size(hr))
-    if stats.target_valid_pixels == 0:
-        raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint")
-    if stats.preview is not None:
-        save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
-    full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
-    if all(t.valid_fraction <= 0.0 for t in full_plan.tiles):
-        raise InvalidInput(
-            f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target {tgt_info.path}"
+        job_path = os.path.join(work_dir, "job.json")
+        if not config.resume:
+            clear_tiles(work_dir)  # start over: pending() then lists every tile
+        elif os.path.exists(job_path):
+            try:
+                old = load_job(job_path)
+            except (ValueError, KeyError, json.JSONDecodeError):
+                old = None
+            if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
+                # same plan: keep the LR target, the statistics and the tiles; settings that do not
+                # change tile results (stitch, compress, quick-look, ...) come from this call
+                if old.config == config:
+                    return old
+                job = replace(old, config=config)
+                write_job(job)
+                return job
+
+        guide_info, job_guide_bands = rgb_info, guide_bands
+        if not rgb_info.grid.is_north_up:  # the only case the RGB is resampled: onto the HR grid
+            guide_info = align.rgb_to_hr(rgb_info, guide_bands, os.path.join(work_dir, "rgb_hr.tif"))
+            job_guide_bands = tuple(range(1, len(guide_bands) + 1))
+            assert guide_info.grid.same_as(hr)
+        target_lr = os.path.join(work_dir, "target_lr.tif")
+        resampled = align.target_to_lr(tgt_info, target_bands, geometry.lr_grid, target_lr)
+        from cmsr.inputs import robust_range  # here: importing the core loads torch
+
+        stats = align.survey_stats(geometry, target_lr, guide_info, job_guide_bands,
+                                   functools.partial(robust_range, percentiles=config.percentiles),
+                                   preview_size=output.quicklook_size(hr))
+        if stats.target_valid_pixels == 0:
+            raise InvalidInput(f"target file {tgt_info.path}: all nodata over the RGB's footprint")
+        if stats.preview is not None:
+            save_npy(os.path.join(work_dir, "preview_rgb.npy"), stats.preview)
+        full_plan = geometry.with_validity(list(stats.valid_fractions), config.min_valid_fraction)
+        if all(t.valid_fraction <= 0.0 for t in full_plan.tiles):
+            raise InvalidInput(
+                f"RGB file {rgb_info.path}: no pixel is valid in both the RGB (alpha/nodata) and the target "
+                f"{tgt_info.path}"
+            )
+        if all(t.skip for t in full_plan.tiles):  # else: an all-nodata output, "0 tile(s)", exit 0
+            lr = geometry.lr_grid
+            share = stats.target_valid_pixels / (lr.height * lr.width)
+            best = max(t.valid_fraction for t in full_plan.tiles)
+            raise InvalidInput(
+                f"target file {tgt_info.path}: valid in {100 * share:.3g}% of the RGB's footprint "
+                f"({stats.target_valid_pixels} LR pixel(s)); no tile reaches min_valid_fraction "
+                f"{config.min_valid_fraction:g} (--min-valid; the best tile is {100 * best:.3g}% valid in both the "
+                "target and the RGB), so nothing would be super-resolved"
+            )
+        job = Job(
+            key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
+            guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
+            resampling=resampled.resampling, plan=full_plan, gsd_ratio=ratio, overlap=overlap,
+            target_range=stats.target_range, guide_range=stats.guide_range, checksums=checksums,
+            warnings=tuple(caught),
         )
-    if all(t.skip for t in full_plan.tiles):  # else: an all-nodata output, "0 tile(s)", exit 0
-        lr = geometry.lr_grid
-        share = stats.target_valid_pixels / (lr.height * lr.width)
-        best = max(t.valid_fraction for t in full_plan.tiles)
-        raise InvalidInput(
-            f"target file {tgt_info.path}: valid in {100 * share:.3g}% of the RGB's footprint "
-            f"({stats.target_valid_pixels} LR pixel(s)); no tile reaches min_valid_fraction "
-            f"{config.min_valid_fraction:g} (--min-valid; the best tile is {100 * best:.3g}% valid in both the target "
-            "and the RGB), so nothing would be super-resolved"
-        )
-    job = Job(
-        key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
-        guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
-        resampling=resampled.resampling, plan=full_plan, gsd_ratio=ratio, overlap=overlap,
-        target_range=stats.target_range, guide_range=stats.guide_range, checksums=checksums,
-        warnings=tuple(caught),
-    )
-    write_job(job)
-    return job
+        write_job(job)
+        return job
