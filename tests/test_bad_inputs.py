@@ -17,7 +17,11 @@ import pipelines
 from pipelines import JobConfig
 from tiling.errors import InputWarning, InvalidInput
 
-GEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geo"
+from conftest import shared_data_root  # noqa: E402
+
+GEO = shared_data_root() / "geo"
+#: every test here reads the real rasters: skipped cleanly (the fixture says why) without them
+pytestmark = pytest.mark.usefixtures("shared_data")
 S2 = GEO / "sentinel2_10m"
 RGB = str(S2 / "rgb.tif")
 CFG = JobConfig(method="bicubic", tile_size=64, halo=8, quicklook=False)

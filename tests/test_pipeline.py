@@ -23,7 +23,11 @@ import pipelines
 from pipelines import JobConfig, bicubic_tile_fn
 from tiling.output import area_pool
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geo" / "sentinel2_10m"
+from conftest import shared_data_root  # noqa: E402
+
+DATA = shared_data_root() / "geo" / "sentinel2_10m"
+#: every test here reads the real rasters: skipped cleanly (the fixture says why) without them
+pytestmark = pytest.mark.usefixtures("shared_data")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,11 @@ from pipelines import JobConfig
 from tiling.errors import InvalidInput
 from tiling.output import area_pool
 
-GEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geo"
+from conftest import shared_data_root  # noqa: E402
+
+GEO = shared_data_root() / "geo"
+#: every test here reads the real rasters: skipped cleanly (the fixture says why) without them
+pytestmark = pytest.mark.usefixtures("shared_data")
 L8 = GEO / "landsat_marburg_30m"
 PFX = "LC08_L1TP_195025_20130707_20170503_01_T1_"
 
