@@ -18,6 +18,7 @@ import torch
 from cmsr.baselines import DEFAULT_BP_ROUNDS, back_projection, bicubic, guided_filter_upsample
 from cmsr.config import GuidedFilterParams
 from cmsr.errors import InvalidInput
+from cmsr.guide_weight import guided_filter_weight, no_guide_weight
 from cmsr.inputs import MAX_SCALE, MIN_SCALE, check_guide_size, check_scale, prepare_tiles, restore  # noqa: F401 (public)
 from cmsr.runtime import AmpChoice
 
@@ -41,6 +42,10 @@ class SRResult:
     """Small JSON-able summary (method, scale, seconds, normalisation, training stats...)."""
     displacement: np.ndarray | None = None
     """(H, W, 2) guide displacement (dy, dx) in HR pixels; None when the guide was used as given."""
+    guide_weight: np.ndarray | None = None
+    """(H, W) float32 in [0, 1], NaN where ``image`` is: how far the guide was allowed to shape each
+    output pixel (0 = the target alone, 1 = fully guide-shaped; ``cmsr.guide_weight`` says how it
+    is derived per method). Only when asked (``run(..., guide_weight=True)``), else None."""
 
 
 def _default_config() -> "CMSRConfig":
@@ -63,16 +68,17 @@ def run(target: np.ndarray, guide: np.ndarray | None, scale: int, config: "CMSRC
         method: str = "cmsr", seed: int = 0, device: str | torch.device = "cpu",
         target_range: tuple[float, float] | None = None, guide_range: np.ndarray | None = None,
         init_state: dict[str, torch.Tensor] | None = None, progress: ProgressFn | None = None,
-        amp: AmpChoice = "off") -> SRResult:
+        amp: AmpChoice = "off", guide_weight: bool = False) -> SRResult:
     """Super-resolve ``target`` (h, w) by ``scale`` guided by ``guide`` (scale*h, scale*w[, C]).
 
     ``method``: one of :data:`METHODS`. ``config`` None -> the default preset. ``guide`` may be
     None for ``bicubic``, ``bp`` and ``zssr``. Output float32 in target units, NaN at nodata.
+    ``guide_weight``: also return ``SRResult.guide_weight`` (the image is the same either way).
     """
     tile_progress = None if progress is None else (lambda _tile, it, err, lr: progress(it, err, lr))
     return run_many([target], [guide], scale, config, method=method, seeds=[seed], device=device,
                     target_range=target_range, guide_range=guide_range, init_state=init_state,
-                    progress=tile_progress, amp=amp)[0]
+                    progress=tile_progress, amp=amp, guide_weight=guide_weight)[0]
 
 
 def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None], scale: int,
@@ -80,7 +86,7 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
              device: str | torch.device = "cpu", target_range: tuple[float, float] | None = None,
              guide_range: np.ndarray | None = None, init_state: dict[str, torch.Tensor] | None = None,
              progress: Callable[[int, int, float, float], None] | None = None, amp: AmpChoice = "off",
-             max_batch: int | None = None) -> list[SRResult]:
+             max_batch: int | None = None, guide_weight: bool = False) -> list[SRResult]:
     """:func:`run` for many tiles of one survey: one :class:`SRResult` per tile.
 
     The learned methods train all tiles as one batched computation (``max_batch`` at a time;
@@ -88,6 +94,7 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
     ``target_range`` / ``guide_range``: survey-level normalisation (per tile when None).
     ``init_state``: survey warm-start weights (``cmsr.warm_start``), with ``config`` then the
     fine-tune config. ``progress(tile, iteration, error, lr)`` at every reconstruction check.
+    ``guide_weight``: each result also carries its guide weight map (see :class:`SRResult`).
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -110,18 +117,21 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
 
         trained = train([t.target.lr for t in tiles], [t.guide for t in tiles], [t.target.valid for t in tiles], s,
                         cfg, seeds=seeds, device=dev, init_state=init_state, progress=progress, amp=amp,
-                        max_batch=max_batch)
+                        max_batch=max_batch, guide_weight=guide_weight)
         per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
         for t, tr in zip(tiles, trained):
             stats = {"method": method, "scale": s, **t.notes, **{k: v for k, v in tr.stats.items() if k != "seconds"},
                      "train_seconds": tr.stats.get("seconds"), "warm_start": init_state is not None,
                      "seconds": round(per_tile, 3)}
-            results.append(SRResult(restore(t, tr.image, s), stats, tr.displacement))
+            image = restore(t, tr.image, s)
+            weight = _masked_weight(tr.guide_weight, image) if guide_weight else None
+            results.append(SRResult(image, stats, tr.displacement, weight))
         return results
     for t in tiles:
         t1 = time.perf_counter()
         lr = t.target.lr.to(dev)
         stats: dict[str, Any] = {"method": method, "scale": s, **t.notes}
+        weight: torch.Tensor | None = None
         if method == "bicubic":
             out = bicubic(lr, s)
         elif method == "bp":
@@ -132,9 +142,22 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
             out = guided_filter_upsample(lr, t.guide.to(dev), s, params, cfg.degradation)  # type: ignore[union-attr]
             stats["guided_filter"] = {"radius": params.radius, "eps": params.eps,
                                       "iterations": params.iterations, "bp_rounds": params.bp_rounds}
+            if guide_weight:
+                weight = guided_filter_weight(lr, t.guide.to(dev), s, params)  # type: ignore[union-attr]
+        if guide_weight and weight is None:
+            weight = no_guide_weight(lr, s)
         stats["seconds"] = round(time.perf_counter() - t1, 3)
-        results.append(SRResult(restore(t, out, s), stats))
+        image = restore(t, out, s)
+        results.append(SRResult(image, stats, None, _masked_weight(weight, image) if guide_weight else None))
     return results
+
+
+def _masked_weight(weight: torch.Tensor | None, image: np.ndarray) -> np.ndarray:
+    """The weight map as the user gets it: float32 (H, W), NaN exactly where the image is nodata."""
+    if weight is None:  # a learned method run without a guide weight (a bug to reach here)
+        raise RuntimeError("the trainer returned no guide weight")
+    w = weight.detach().float().cpu().numpy().clip(0.0, 1.0)
+    return np.where(np.isfinite(image), w, np.float32(np.nan)).astype(np.float32)
 
 
 def superresolve(target: np.ndarray, guide: np.ndarray | None, scale: int, config: "CMSRConfig | None" = None,

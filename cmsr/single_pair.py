@@ -34,6 +34,7 @@ class SinglePairOutput:
     out_path: Path
     warp_path: Path | None
     result: SRResult
+    guide_weight_path: Path | None = None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -59,13 +60,16 @@ def run_single_pair(
     device: str = "cpu",
     save_warp: str | os.PathLike[str] | None = None,
     echo: Callable[[str], None] | None = None,
+    write_guide_weight: bool = False,
 ) -> SinglePairOutput:
-    """Super-resolve one pair of files and write the result (target dtype for PNG, float32 TIFF)."""
+    """Super-resolve one pair of files and write the result (target dtype for PNG, float32 TIFF);
+    with ``write_guide_weight`` also ``<out stem>.guide_weight.tif`` (float32, ``cmsr.guide_weight``)."""
     say = echo or _quiet
     tpath = Path(target_path)
     gpath = Path(guide_path) if guide_path is not None else None
     opath = Path(out_path)
     wpath = Path(save_warp) if save_warp is not None else None
+    gwpath = guide_weight_path(opath) if write_guide_weight else None
     try:
         s = check_scale(scale)
     except InvalidInput as exc:
@@ -73,7 +77,7 @@ def run_single_pair(
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
     inputs = [tpath] + ([gpath] if gpath is not None else [])
-    for out in [opath] + ([wpath] if wpath is not None else []):
+    for out in [opath] + [p for p in (wpath, gwpath) if p is not None]:
         for inp in inputs:
             if _same_file(out, inp):
                 raise InvalidInput(f"{out}: output path is an input file; refusing to overwrite it")
@@ -126,7 +130,8 @@ def run_single_pair(
         say(f"note: {line}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run(target, guide, s, config, method=method, seed=seed, device=device, progress=progress)
+        result = run(target, guide, s, config, method=method, seed=seed, device=device, progress=progress,
+                     guide_weight=write_guide_weight)
     for w in caught:
         say(f"note: {w.message}")
 
@@ -141,9 +146,20 @@ def run_single_pair(
         else:
             written_warp = image_io.write_displacement(wpath, result.displacement, guide)
             say(f"wrote {wpath} (mean displacement {float(np.mean(np.hypot(*np.moveaxis(result.displacement, -1, 0)))):.2f} px)")
-    return SinglePairOutput(out_path=opath, warp_path=written_warp, result=result)
+    if gwpath is not None and result.guide_weight is not None:
+        image_io.write_image(gwpath, result.guide_weight)
+        w = result.guide_weight[np.isfinite(result.guide_weight)]
+        say(f"wrote {gwpath} (guide weight: mean {float(w.mean()) if w.size else float('nan'):.2f}, "
+            f"{100 * float((w > 0.5).mean()) if w.size else 0.0:.0f}% of pixels above 0.5)")
+    return SinglePairOutput(out_path=opath, warp_path=written_warp, result=result, guide_weight_path=gwpath)
+
+
+def guide_weight_path(out: Path) -> Path:
+    """Where ``cmsr sr --write-guide-weight`` puts the weight map: ``<out stem>.guide_weight.tif``."""
+    return out.with_name(f"{out.stem}.guide_weight.tif")
 
 
 def summary(out: SinglePairOutput) -> dict[str, Any]:
     """JSON-able summary of a run (for ``--json`` style reporting)."""
-    return {"out": str(out.out_path), "warp": str(out.warp_path) if out.warp_path else None, **out.result.stats}
+    return {"out": str(out.out_path), "warp": str(out.warp_path) if out.warp_path else None,
+            "guide_weight": str(out.guide_weight_path) if out.guide_weight_path else None, **out.result.stats}

@@ -45,6 +45,7 @@ from .bases import choose_base
 from .losses import batch_losses, reconstruction_check, reconstruction_errors
 from .config import CMSRConfig, FixedBase, LearnedWarp
 from .guide import TileGuide
+from .guide_weight import stage_guide_weight
 from .infer import infer_stage
 from .optim import LearningRatePolicy, PackedAdam
 from .registration import register
@@ -68,6 +69,9 @@ class TrainOutput:
     """(H, W, 2) guide displacement (dy, dx) in HR pixels; None when the guide was used as given."""
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     """Final network weights (CPU), usable as ``init_state`` of another tile."""
+    guide_weight: torch.Tensor | None = field(default=None, repr=False)
+    """(H, W) float32 on CPU in [0, 1]: the guide's share of ``image`` (``cmsr.guide_weight``);
+    only when ``train(..., guide_weight=True)``."""
 
 
 def check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, scale: int) -> None:
@@ -90,7 +94,7 @@ def check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tens
 def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
           scale: int, config: CMSRConfig, *, seeds: Sequence[int], device: str | torch.device = "cpu",
           init_state: M.Params | Sequence[M.Params | None] | None = None, progress: ProgressFn | None = None,
-          amp: AmpChoice = "off", max_batch: int | None = None) -> list[TrainOutput]:
+          amp: AmpChoice = "off", max_batch: int | None = None, guide_weight: bool = False) -> list[TrainOutput]:
     """Super-resolve K normalised tiles, training them together; one :class:`TrainOutput` per tile.
 
     Per tile: ``lr`` (h, w) NaN-free, ``guide`` (C, s*h, s*w) or None (pure ZSSR), ``valid`` (h, w)
@@ -99,7 +103,8 @@ def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
     shapes form separate batches. ``init_state``: one warm-start weight dict for every tile, or one
     per tile; the warp always starts at the registration (or the identity). ``amp``: autocast
     dtype of the networks on CUDA ('off' = fp32, the default: the same numbers as on CPU).
-    Deterministic for the same seeds and batch composition on CPU.
+    ``guide_weight``: also return each tile's guide weight map (the last stage's gate, computed
+    after its inference: the image is the same either way). Deterministic for the same seeds and batch composition on CPU.
     """
     n = len(lrs)
     if not (len(guides) == len(valids) == len(seeds) == n):
@@ -123,7 +128,7 @@ def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
             chunk = members[start:start + step]
             outs = _train_batch([lrs[i] for i in chunk], [guides[i] for i in chunk], [valids[i] for i in chunk],
                                 int(scale), config, [int(seeds[i]) for i in chunk], [inits[i] for i in chunk],
-                                policy, chunk, progress)
+                                policy, chunk, progress, guide_weight)
             for i, o in zip(chunk, outs):
                 results[i] = o
     return [r for r in results if r is not None]
@@ -223,7 +228,8 @@ def _batch_warp(tiles: list[_Tile], config: CMSRConfig, policy: DevicePolicy) ->
 
 def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], valids: list[torch.Tensor], scale: int,
                  config: CMSRConfig, seeds: list[int], inits: list[M.Params | None], policy: DevicePolicy,
-                 positions: list[int], progress: ProgressFn | None) -> list[TrainOutput]:
+                 positions: list[int], progress: ProgressFn | None, want_guide_weight: bool = False
+                 ) -> list[TrainOutput]:
     t0 = time.perf_counter()
     dev = policy.device
     tiles = [_Tile(lr, g, v, s, scale, config, policy) for lr, g, v, s in zip(lrs, guides, valids, seeds)]
@@ -248,7 +254,9 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
         return guide_cache[factor]
 
     bases: list[FixedBase] = []
-    for factor in config.stage_factors(scale):
+    weight_maps: list[torch.Tensor | None] = [None] * k_tiles
+    factors = config.stage_factors(scale)
+    for factor in factors:
         for t in tiles:
             t.schedule = LearningRatePolicy(config)
         if not bases:  # each tile's base, decided once before training (warp as registered)
@@ -294,6 +302,9 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             if progress is not None and t.schedule.errors:  # the stage's end, so a bar reaches its total
                 progress(positions[p], t.iterations, t.schedule.errors[-1], t.schedule.learning_rate)
             out = infer_stage(net.tile(p), t.lr, t.guide, factor, config, bases[p])
+            if want_guide_weight and factor == factors[-1]:
+                stage_guide = t.guide.stage_grid(factor) if t.guide is not None else None
+                weight_maps[p] = stage_guide_weight(net.tile(p), t.lr, stage_guide, factor, config).float().cpu()
             t.stage_stats.append({"factor": factor, "iterations": stage_iters[p], "final_loss": losses[p],
                                   "base": bases[p].name, "final_lr": t.schedule.learning_rate,
                                   "recon_mse": t.schedule.errors[-1] if t.schedule.errors else None})
@@ -319,5 +330,6 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
             "mean_warp_px": float(np.mean(np.hypot(disp[..., 0], disp[..., 1]))) if disp is not None else 0.0,
         }
         outs.append(TrainOutput(image=t.sources[-1][1].detach().float().cpu(), stats=stats, displacement=disp,
-                                weights={k: v.detach().cpu().clone() for k, v in net.tile(p).items()}))
+                                weights={k: v.detach().cpu().clone() for k, v in net.tile(p).items()},
+                                guide_weight=weight_maps[p]))
     return outs

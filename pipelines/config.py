@@ -77,6 +77,10 @@ class JobConfig:
     (``cmsr.choose_batch_size``), for other methods and custom functions 1."""
     quicklook: bool = True
     """Write ``<out stem>.quicklook.png`` (RGB | bicubic | super-resolved, same colour scale)."""
+    write_guide_weight: bool = False
+    """Also write, per target band, a ``guide_weight`` band after the output bands (0 = the target
+    alone, 1 = the guide shaped this pixel; ``cmsr.guide_weight``), summarised in the report and
+    shown in the quick-look. Tiles then store it beside their output, so it is part of the plan key."""
 
     def __post_init__(self) -> None:
         if self.tile_fn is None and self.method not in METHODS:
@@ -140,4 +144,6 @@ class JobConfig:
         d = self.to_dict()
         for k in ("work_dir", "resume", "compress", "quicklook", "stitch", "batch_tiles"):
             d.pop(k)
+        if not d["write_guide_weight"]:  # a job without the band keeps the key it had before the option
+            d.pop("write_guide_weight")
         return d

@@ -3,13 +3,15 @@
 Every tile of every method goes through one shape, a *batch function*:
 ``fn(targets, guides, scale, contexts) -> [(image, stats), ...]`` over tiles of one band of one
 job (``targets[k]`` (h, w) float32 NaN=nodata, ``guides[k]`` (H, W, C) float32, ``contexts[k]`` a
-``TileContext``). One shape means one path through the job (reading, masking, stats, result
-files, resume) whatever computes the pixels; the core's own batch function hands the whole batch
-to ``cmsr.run_many``, which may train the tiles together.
+``TileContext``; ``(image, stats, guide_weight)`` when the job writes the guide weight band).
+One shape means one path through the job (reading, masking, stats, result files, resume)
+whatever computes the pixels; the core's own batch function hands the whole batch to
+``cmsr.run_many``, which may train the tiles together.
 
 A simple *tile function* ``fn(target, guide, scale, ctx) -> (H, W) array | (array, stats)`` (a
 custom ``JobConfig.tile_fn = "module:function"``, or a callable passed to ``run_tiles``) is
-adapted to that shape by ``batch_of``: called tile after tile, nothing else changes.
+adapted to that shape by ``batch_of``: called tile after tile, nothing else changes (it may
+return ``(array, stats, guide_weight)`` for a job with ``write_guide_weight``).
 torch is imported only inside the functions, so ``pipelines`` imports without it.
 """
 
@@ -43,7 +45,7 @@ class TileContext:
 
 TileFn = Callable[[np.ndarray, np.ndarray, int, TileContext], Any]
 TileBatchFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], int, Sequence[TileContext]],
-                       list[tuple[np.ndarray, dict]]]
+                       list[tuple[np.ndarray, dict] | tuple[np.ndarray, dict, np.ndarray]]]
 
 
 def cmsr_config(config: JobConfig):
@@ -58,9 +60,10 @@ def cmsr_config(config: JobConfig):
 
 
 def core_batch_fn(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int,
-                  contexts: Sequence[TileContext]) -> list[tuple[np.ndarray, dict]]:
+                  contexts: Sequence[TileContext]) -> list[tuple]:
     """``cmsr.run_many`` with the job's method, config, per-tile seeds, device and survey-level
-    ranges; with a warm start, from that band's weights with the fine-tune budget."""
+    ranges; with a warm start, from that band's weights with the fine-tune budget. With the job's
+    ``write_guide_weight`` each answer also carries the tile's guide weight map."""
     import cmsr
 
     ctx = contexts[0]  # job- and band-level fields are the same for every tile of the batch
@@ -75,7 +78,10 @@ def core_batch_fn(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], s
         list(targets), list(guides), scale, cfg, method=ctx.config.method, seeds=[c.seed for c in contexts],
         device=ctx.config.device, target_range=ctx.target_range,
         guide_range=np.asarray(ctx.guide_range, dtype=np.float64), init_state=state,
+        guide_weight=ctx.config.write_guide_weight,
     )
+    if ctx.config.write_guide_weight:
+        return [(r.image, dict(r.stats), r.guide_weight) for r in results]
     return [(r.image, dict(r.stats)) for r in results]
 
 

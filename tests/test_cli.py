@@ -265,3 +265,22 @@ def test_entry_points_run_the_commands(launcher, sample):
     r = subprocess.run([sys.executable, *launcher, "plan", "nope.tif", str(sample["target"])], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip() == "error: RGB file nope.tif: does not exist", r.stderr
+
+
+def test_write_guide_weight_reaches_the_job(monkeypatch, sample, tmp_path):
+    """``--write-guide-weight`` on ``run`` and ``submit`` sets ``JobConfig.write_guide_weight`` (off by default)."""
+    summary = {"cog": "o.tif", "quicklook": None, "report": "o.report.json", "processed": 1, "reused": 0}
+    r, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--write-guide-weight", "--json")
+    assert r.exit_code == 0, r.output
+    assert configs[0].write_guide_weight is True
+    _, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--json")
+    assert configs[0].write_guide_weight is False
+    from flows import submit as submission
+
+    sent = []
+    monkeypatch.setattr(submission, "to_scheduler", lambda address, *args: sent.append(args) or "run-id")
+    r = runner.invoke(app, ["submit", str(sample["rgb"]), str(sample["target"]), "-o", str(tmp_path / "o.tif"),
+                            "--scheduler", "tcp://127.0.0.1:1", "--write-guide-weight"])
+    assert r.exit_code == 0, r.output
+    assert sent[0][3]["write_guide_weight"] is True
+    assert _options("run")["--write-guide-weight"].help == _options("submit")["--write-guide-weight"].help

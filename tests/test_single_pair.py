@@ -154,3 +154,33 @@ def test_cmsr_with_save_warp_draws_the_learned_field(
     nowarp = run_single_pair(lr, guide, tmp_path / "sr2.png", 4, "cmsr", preset="fast", no_warp=True,
                              save_warp=tmp_path / "warp2.png", echo=lines.append)
     assert nowarp.warp_path is None and not (tmp_path / "warp2.png").exists()
+
+
+@pytest.mark.parametrize("method, value", [("bp", 0.0), ("guided", 1.0)])
+def test_write_guide_weight_writes_a_float32_map_beside_the_output(
+    lr: Path, guide: Path, tmp_path: Path, method: str, value: float
+) -> None:
+    """``cmsr sr --write-guide-weight``: ``<out stem>.guide_weight.tif``, float32, the output's size,
+    0 where only the target counts (bp), 1 where the ungated guided filter used the guide."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out = tmp_path / "sr.png"
+    r = CliRunner().invoke(app, ["sr", "--target", str(lr), "--guide", str(guide), "--scale", "4", "--out", str(out),
+                                 "--method", method, "--write-guide-weight", "--quiet"])
+    assert r.exit_code == 0, r.output
+    weight = image_io.read_target(tmp_path / "sr.guide_weight.tif")
+    assert weight.dtype == np.float32 and weight.shape == np.asarray(Image.open(out)).shape
+    assert np.all(weight == value)
+
+
+def test_guide_weight_is_not_written_unless_asked_and_never_over_an_input(lr: Path, guide: Path, tmp_path: Path) -> None:
+    res = run_single_pair(lr, guide, tmp_path / "o.png", 4, "bp")
+    assert res.guide_weight_path is None and not (tmp_path / "o.guide_weight.tif").exists()
+    victim = tmp_path / "in.guide_weight.tif"
+    image_io.write_image(victim, np.zeros((8, 8), np.float32))
+    before = victim.read_bytes()
+    with pytest.raises(InvalidInput, match="output path is an input file"):
+        run_single_pair(victim, guide, tmp_path / "in.png", 4, "bp", write_guide_weight=True)
+    assert victim.read_bytes() == before

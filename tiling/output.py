@@ -91,7 +91,8 @@ class SeamMeter:
 
 
 def stitch(
-    plan: TilePlan, dst_path: str, load: Callable[[int], np.ndarray | None], mode: str, count: int
+    plan: TilePlan, dst_path: str, load: Callable[[int], np.ndarray | None], mode: str, count: int,
+    seam_bands: int | None = None,
 ) -> dict[str, float | None]:
     """Write every tile's contribution into ``dst_path`` (made by ``create_stitch_target``).
 
@@ -100,7 +101,8 @@ def stitch(
     ``mode="feather"``: each core block is the weighted mean of all tiles whose read window
     covers it, with raised-cosine weights over ``core edge +- halo/2``: the outer half of each
     halo (where a tile model's own boundary effects live) never contributes.
-    Returns the seam metric of the written output (``SeamMeter``).
+    Returns the seam metric of the written output (``SeamMeter``) over its first ``seam_bands``
+    bands (default all: bands after those, e.g. guide weights, are stitched alike but not measured).
     """
     if mode not in ("core", "feather"):
         raise ValueError(f"stitch mode {mode!r}: expected 'core' or 'feather'")
@@ -138,7 +140,7 @@ def stitch(
                 own = _core_of(t, load(t.index), count)
                 block[~np.isfinite(own)] = np.nan
             dst.write(block, window=((core.row, core.row_end), (core.col, core.col_end)))
-            seams.add(t, block)
+            seams.add(t, block if seam_bands is None else block[:seam_bands])
     return seams.result()
 
 

@@ -33,7 +33,8 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
                resume: bool = True, assume_crs: Optional[str] = None, min_valid: float = 0.05,
                stitch: str = "core", tile_fn: Optional[str] = None, warm_start: bool = False,
                guide_bands: Optional[str] = None, target_bands: Optional[str] = None,
-               target_nodata: Optional[float] = None, rgb_nodata: Optional[float] = None) -> Any:
+               target_nodata: Optional[float] = None, rgb_nodata: Optional[float] = None,
+               write_guide_weight: bool = False) -> Any:
     """The ``pipelines.JobConfig`` of the command-line options; its own checks (method, stitch,
     ...) are the user's to fix, so they become :class:`UsageError`."""
     import pipelines
@@ -47,7 +48,7 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
             device=device, work_dir=str(work_dir) if work_dir else None, resume=resume, assume_crs=assume_crs,
             min_valid_fraction=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
             guide_bands=guide_selection, target_bands=target_selection, target_nodata=target_nodata,
-            rgb_nodata=rgb_nodata,
+            rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
         )
     except ValueError as exc:  # JobConfig.__post_init__ validates exactly these options
         raise UsageError(str(exc)) from None

@@ -118,6 +118,9 @@ GUIDE_BANDS = typer.Option(None, "--guide-bands",
                            help="RGB file bands to guide with, 1-based, e.g. 3,2,1 (default: all but alpha, 1 to 4).")
 TARGET_BANDS = typer.Option(None, "--target-bands",
                             help="Target file bands to super-resolve, 1-based, e.g. 4 or 4,5 (default: all).")
+WRITE_GUIDE_WEIGHT = typer.Option(False, "--write-guide-weight",
+                                  help="Also write where the RGB was trusted: a guide_weight band (0 = the target "
+                                       "alone, 1 = the guide shaped the pixel), shown in the quick-look.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary; errors only.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (no progress bar).")
 VERBOSE = typer.Option(False, "--verbose", "-v",

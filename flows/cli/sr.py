@@ -30,6 +30,9 @@ def sr(
     no_warp: bool = typer.Option(False, "--no-warp", help="Ablation: no learned guide deformation."),
     seed: int = options.SEED, device: str = options.DEVICE,
     save_warp: Optional[Path] = typer.Option(None, "--save-warp", help="Draw the learned displacement field to this PNG."),
+    write_guide_weight: bool = typer.Option(False, "--write-guide-weight",
+                                            help="Also write OUT-stem.guide_weight.tif (float32): where the guide was "
+                                                 "trusted, 0 = the target alone, 1 = the guide shaped the pixel."),
     quiet: bool = options.QUIET, as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Super-resolve one image pair (no georeferencing, no tiling): the core algorithm on two files."""
@@ -39,6 +42,6 @@ def sr(
 
         echo = None if (quiet or as_json) else (lambda line: typer.echo(line, err=True))
         res = run_single_pair(target, guide, out, zoom, method=method, preset=preset, no_warp=no_warp, seed=seed,
-                              device=device, save_warp=save_warp, echo=echo)
+                              device=device, save_warp=save_warp, echo=echo, write_guide_weight=write_guide_weight)
         if as_json:
             typer.echo(json.dumps(summary(res), indent=1, default=str))

@@ -20,7 +20,7 @@ from tiling.files import atomic_output
 from .. import tilefn
 from .records import Job, TileResult, load_job
 from .tile_inputs import finish_tile_band, read_tile_inputs
-from .tile_store import TileRecomputed, check_tile, reused, write_skipped, write_tile_result
+from .tile_store import TileRecomputed, check_tile, reused, tile_planes, write_skipped, write_tile_result
 
 
 def warm_start_paths(job: Job) -> list[str]:
@@ -92,7 +92,9 @@ def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
     of each result are its share of the batch's."""
     t0 = time.perf_counter()
     inputs = [read_tile_inputs(job, i) for i in indices]
-    outs = [np.empty((len(job.target_bands), inp.spec.read.height, inp.spec.read.width), np.float32) for inp in inputs]
+    n = len(job.target_bands)
+    planes = tile_planes(job)  # the output bands, then (write_guide_weight) their guide weights
+    outs = [np.empty((planes, inp.spec.read.height, inp.spec.read.width), np.float32) for inp in inputs]
     band_stats: list[list[dict]] = [[] for _ in indices]
     fn_seconds = 0.0
     for b in range(len(job.target_bands)):
@@ -104,8 +106,11 @@ def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
         if len(res) != len(indices):
             raise RuntimeError(f"tiles {indices}: the tile function returned {len(res)} results for {len(indices)} tiles")
         for k, (inp, r) in enumerate(zip(inputs, res)):
-            outs[k][b], st = finish_tile_band(job, inp, b, r)
-            band_stats[k].append(st)
+            done = finish_tile_band(job, inp, b, r)
+            outs[k][b] = done.image
+            if done.guide_weight is not None:
+                outs[k][n + b] = done.guide_weight
+            band_stats[k].append(done.stats)
     share = (time.perf_counter() - t0) / len(indices)
     return [write_tile_result(job, inp.spec, out, st, share, fn_seconds / len(indices))
             for inp, out, st in zip(inputs, outs, band_stats)]

@@ -19,6 +19,41 @@ from ..config import JobConfig
 from .records import Job, JobOutputs, TileResult, load_job, write_json
 from .tile_store import UnfinishedTiles, check_tile
 
+GUIDE_WEIGHT_MEANING = ("share of the pixel the RGB guide was allowed to shape: 0 = the target alone "
+                        "(measured detail), 1 = guide-shaped (inferred detail)")
+
+
+NODATA_BLUE = (70, 110, 160)
+"""Nodata in the quick-look's guide weight panel (its grey scale uses every grey)."""
+
+
+def guide_weight_descriptions(descriptions: list[str]) -> list[str]:
+    """Band descriptions of the guide weight bands: ``guide_weight`` for a one-band target,
+    ``guide_weight:<band>`` for each band of a multi-band one."""
+    if len(descriptions) == 1:
+        return ["guide_weight"]
+    return [f"guide_weight:{d}" for d in descriptions]
+
+
+def guide_weight_summary(cog: str, n: int, descriptions: list[str]) -> list[dict]:
+    """Per target band: the mean guide weight over valid pixels and the share of valid pixels
+    above 0.5 (read block by block: the mosaic never exists as one array)."""
+    import rasterio
+
+    total = np.zeros(n)
+    above = np.zeros(n)
+    count = np.zeros(n)
+    with rasterio.open(cog) as ds:
+        for _, window in ds.block_windows(n + 1):
+            w = ds.read(list(range(n + 1, 2 * n + 1)), window=window).astype(np.float64)
+            ok = np.isfinite(w)
+            total += np.where(ok, w, 0.0).sum(axis=(1, 2))
+            above += (ok & (np.nan_to_num(w) > 0.5)).sum(axis=(1, 2))
+            count += ok.sum(axis=(1, 2))
+    return [{"band": n + 1 + b, "of": descriptions[b],
+             "mean": float(total[b] / count[b]) if count[b] else None,
+             "share_above_half": float(above[b] / count[b]) if count[b] else None} for b in range(n)]
+
 
 def _remove_debris(job: Job) -> None:
     """Temp files a killed earlier run of this job left (``tiling.files.remove_stale_temps``:
@@ -91,6 +126,10 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
     n = len(job.target_bands)
     descriptions = [job.target.descriptions[b - 1] or f"band {b}" for b in job.target_bands]
     units = [job.target.units[b - 1] for b in job.target_bands]
+    weights = job.config.write_guide_weight
+    if weights:  # after the output bands, in the same order, unitless
+        descriptions += guide_weight_descriptions(descriptions)
+        units += [""] * n
 
     def load(i: int) -> np.ndarray | None:
         r = all_results[i]
@@ -98,8 +137,8 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
 
     cfg = job.config
     with files.scratch_file(os.path.join(job.work_dir, "stitched.tif")) as stitched:
-        output.create_stitch_target(stitched, job.plan.hr_grid, n, descriptions, units)
-        seams = output.stitch(job.plan, stitched, load, job.config.stitch, n)
+        output.create_stitch_target(stitched, job.plan.hr_grid, len(descriptions), descriptions, units)
+        seams = output.stitch(job.plan, stitched, load, job.config.stitch, len(descriptions), seam_bands=n)
         t_stitch = time.perf_counter() - t0
         tags = {
             "CMSR_VERSION": job.version, "CMSR_METHOD": cfg.tile_fn or cfg.method,
@@ -111,6 +150,9 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
             "CMSR_INPUT_TARGET_SHA256": job.checksums[job.target.path],
             "CMSR_TARGET_RESAMPLING": job.resampling, "CMSR_PLAN_KEY": job.key,
         }
+        if weights:
+            tags["CMSR_GUIDE_WEIGHT_BANDS"] = ",".join(str(n + 1 + b) for b in range(n))
+            tags["CMSR_GUIDE_WEIGHT"] = GUIDE_WEIGHT_MEANING
         output.write_cog(stitched, job.out, tags, cfg.compress)
     t_cog = time.perf_counter() - t0 - t_stitch
     quick = None
@@ -118,6 +160,7 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         quick = job.quicklook_path
         write_job_quicklook(job, quick)
     report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0}, seams)
+    report["guide_weight"] = guide_weight_summary(job.out, n, descriptions[:n]) if weights else None
     write_json(job.report_path, report, indent=1)
     return JobOutputs(job.out, job.report_path, quick)
 
@@ -161,7 +204,8 @@ def _report(job: Job, results: dict[int, TileResult], phase_seconds: dict[str, f
 
 
 def write_job_quicklook(job: Job, path: str) -> None:
-    """RGB | bicubic | super-resolved (first band), decimated, one colour scale for both.
+    """RGB | bicubic | super-resolved (first band), decimated, one colour scale for both; then,
+    when the job writes it, the first band's guide weight (grey: 0 black, 1 white).
 
     The RGB panel was sampled during ``prepare``'s pass over the mosaic (an orthomosaic often
     has no overviews, so a second full decode of it here would cost more than a cheap job)."""
@@ -191,4 +235,12 @@ def write_job_quicklook(job: Job, path: str) -> None:
         output.colorize(output.to_uint8(bic, lo, hi), ~np.isfinite(bic)),
         output.colorize(output.to_uint8(sr, lo, hi), ~np.isfinite(sr)),
     ]
-    output.write_quicklook(path, panels, ["RGB", "bicubic", job.config.tile_fn or job.config.method])
+    labels = ["RGB", "bicubic", job.config.tile_fn or job.config.method]
+    if job.config.write_guide_weight:
+        w = output.read_decimated(job.out, [len(job.target_bands) + 1], size, Resampling.average)[0]
+        grey = output.to_uint8(w, 0.0, 1.0)
+        panel = np.repeat(grey[..., None], 3, axis=-1)
+        panel[~np.isfinite(w)] = NODATA_BLUE  # not grey: mid-grey is a weight of 0.5 here
+        panels.append(panel)
+        labels.append("guide weight 0 black..1 white")
+    output.write_quicklook(path, panels, labels)

@@ -87,17 +87,39 @@ def _consistency(img: np.ndarray, lr: np.ndarray, spec: TileSpec, s: int) -> dic
     return {"consistency_mae": float(d.mean()), "consistency_max": float(d.max())}
 
 
-def finish_tile_band(job: Job, inputs: TileInputs, band: int, result: Any) -> tuple[np.ndarray, dict]:
-    """A tile function's result for one band -> (masked (H, W) float32, stats incl. consistency;
-    only small values of the function's stats are kept, the report stays small)."""
+@dataclass(frozen=True)
+class TileBand:
+    """One band of a tile's answer, masked onto where the guide and the target were valid."""
+
+    image: np.ndarray  # (H, W) float32
+    guide_weight: np.ndarray | None  # (H, W) float32, NaN where ``image`` is; None unless the job writes it
+    stats: dict  # the function's small stats + consistency
+
+
+def finish_tile_band(job: Job, inputs: TileInputs, band: int, result: Any) -> TileBand:
+    """A tile function's result for one band -> its masked image (and guide weight when the job
+    writes that band), with stats incl. consistency; only small values of the function's stats are
+    kept, so the report stays small."""
     spec, s = inputs.spec, job.plan.scale
-    img, st = (result if isinstance(result, tuple) else (result, {}))
+    parts = result if isinstance(result, tuple) else (result, {})
+    img, st = parts[0], parts[1]
+    weight = parts[2] if len(parts) > 2 else None
+    want = (spec.read.height, spec.read.width)
     img = np.asarray(img, dtype=np.float32)
-    if img.shape != (spec.read.height, spec.read.width):
-        raise RuntimeError(
-            f"tile {spec.index}: tile function returned shape {img.shape}, expected {(spec.read.height, spec.read.width)}"
-        )
+    if img.shape != want:
+        raise RuntimeError(f"tile {spec.index}: tile function returned shape {img.shape}, expected {want}")
     t_valid = np.isfinite(inputs.lr[band])
     hr_valid = inputs.guide_valid & np.repeat(np.repeat(t_valid, s, axis=0), s, axis=1)
     img = np.where(hr_valid, img, np.float32(np.nan))
-    return img, {**_consistency(img, inputs.lr[band], spec, s), **{k: v for k, v in st.items() if _small(v)}}
+    masked_weight = None
+    if job.config.write_guide_weight:
+        if weight is None:
+            raise RuntimeError(f"tile {spec.index}: the tile function returned no guide weight "
+                               "(write_guide_weight needs (image, stats, guide_weight))")
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.shape != want:
+            raise RuntimeError(f"tile {spec.index}: tile function returned a guide weight of shape {weight.shape}, "
+                               f"expected {want}")
+        masked_weight = np.where(np.isfinite(img), weight, np.float32(np.nan))
+    stats = {**_consistency(img, inputs.lr[band], spec, s), **{k: v for k, v in st.items() if _small(v)}}
+    return TileBand(img, masked_weight, stats)

@@ -1,4 +1,5 @@
-"""Tile results on disk: ``<work_dir>/tiles/<i>.npy`` (the tile's bands) + ``<i>.json`` (the mark).
+"""Tile results on disk: ``<work_dir>/tiles/<i>.npy`` (the tile's bands, then their guide weights
+when the job writes them) + ``<i>.json`` (the mark).
 
 The ``.json`` is written last and names the plan key and the ``.npy``'s size, shape, dtype and
 sha256, so it alone says "tile i of this plan is finished" and whether its pixels are the ones
@@ -52,8 +53,15 @@ def _rel(job: Job, path: str) -> str:
     return os.path.relpath(path, job.work_dir).replace(os.sep, "/")
 
 
+def tile_planes(job: Job) -> int:
+    """Planes of a tile's ``.npy``: one per target band, then (``write_guide_weight``) one guide
+    weight per target band, in the same order."""
+    n = len(job.target_bands)
+    return 2 * n if job.config.write_guide_weight else n
+
+
 def _expected_shape(job: Job, spec: TileSpec) -> tuple[int, int, int]:
-    return (len(job.target_bands), spec.read.height, spec.read.width)
+    return (tile_planes(job), spec.read.height, spec.read.width)
 
 
 def _result_of(d: Any, index: int) -> TileResult | None:
