@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import pipelines  # noqa: E402
 
 from .cluster import ClusterHandle, ClusterSpec, gpu_workers, open_cluster  # noqa: E402
 from .errors import TileFailed  # noqa: E402 - raised here; lives where the CLI can name it without Prefect
+from .interrupts import job_interruptible, stop_if_interrupted  # noqa: E402
 
 #: Tile task retries (transient failures: a worker's file system hiccup, a CUDA OOM when a
 #: co-tenant spiked) and the delay between tries.
@@ -171,10 +173,12 @@ def superresolve_survey(rgb: str, target: str, out: str, config: dict | None = N
     done = reused
     by_key = {f.wrapped_future.key: f for f in futures}
     for dask_future in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
+        stop_if_interrupted()
         prefect_future = by_key[dask_future.key]
         try:
             batch_results = prefect_future.result()
         except Exception as exc:  # noqa: BLE001 - collected; the flow fails after the others finish
+            stop_if_interrupted()  # a Ctrl-C that Prefect or pydantic wrapped is no failed tile
             failures.append(str(exc))
             continue
         for r in batch_results:
@@ -223,7 +227,16 @@ class RunOptions:
 def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
                options: RunOptions = RunOptions(), on_cluster: Callable[[ClusterHandle], None] | None = None):
     """Run the flow with a temporary Prefect API (unless one is configured) and the cluster of
-    ``options``; returns the flow's final Prefect state (Completed with the summary, or Failed)."""
+    ``options``; returns the flow's final Prefect state (Completed with the summary, or Failed).
+    Ctrl-C: the teardown is quick and then ``flows.errors.JobInterrupted`` names the finished
+    tiles kept in the work dir (``flows.interrupts``)."""
+    with job_interruptible(os.path.abspath(config.work_dir or out + ".work")):
+        return _run_survey_engine(rgb, target, out, config, options, on_cluster)
+
+
+def _run_survey_engine(rgb: str, target: str, out: str, config: pipelines.JobConfig,
+                       options: RunOptions, on_cluster: Callable[[ClusterHandle], None] | None):
+    """``run_survey`` without the Ctrl-C handling: API, cluster, flow."""
     from .engine import prefect_api
 
     hint = options.cluster.max_workers_hint

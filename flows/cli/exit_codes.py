@@ -2,7 +2,8 @@
 
 * bad input (:func:`bad_input_types`): one line ``error: <file or option>: <problem>``, exit 2;
 * a job that failed while running (:class:`flows.errors.TileFailed`): one line, exit 1;
-* Ctrl-C: one line, exit 130 (finished tiles are kept for the resume);
+* Ctrl-C (:class:`flows.errors.JobInterrupted`, which names the finished tiles and the work dir,
+  or a bare ``KeyboardInterrupt``): one line, exit 130 (finished tiles are kept for the resume);
 * anything else, an internal ``ValueError`` included, is a bug: exit 1 with the full traceback
   under ``--verbose``, else one line that says how to get it.
 
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 
 import typer
 
-from ..errors import TileFailed, UsageError
+from ..errors import JobInterrupted, TileFailed, UsageError
 
 BAD_INPUT = 2
 FAILED = 1
@@ -55,6 +56,8 @@ def exit_codes(verbose: bool = False) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except JobInterrupted as exc:
+        raise _fail(str(exc), INTERRUPTED) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; finished tiles are kept, run the same command again to resume",
                     INTERRUPTED) from None
