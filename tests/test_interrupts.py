@@ -151,3 +151,12 @@ def test_job_interrupted_is_exit_130_naming_tiles_and_dir(monkeypatch, sample, t
     assert line == "error: interrupted; 3 finished tiles kept in /data/o.tif.work; run the same command again to resume"
     line = _one_line(_run_with_outcome(monkeypatch, sample, tmp_path, JobInterrupted(1, "/w")), 130)
     assert "1 finished tile kept in /w" in line
+
+
+def test_unfinished_tiles_is_a_failed_job_not_an_internal_error(monkeypatch, sample, tmp_path):
+    from pipelines.job.tile_store import UnfinishedTiles
+
+    exc = UnfinishedTiles("job /w/job.json: 2 tile(s) without a usable result: 3, 7; run the job again")
+    line = _one_line(_run_with_outcome(monkeypatch, sample, tmp_path, exc), 1)
+    assert line == f"error: {exc}"
+    assert "internal error" not in line
