@@ -31,8 +31,8 @@ import distributed  # noqa: E402
 
 #: Modules every embedded worker imports when it starts (Prefect, the job, the core, torch:
 #: several seconds per process), so the first tile's time is its own and the import overlaps
-#: the temporary API's start-up.
-WORKER_PRELOAD = ("flows.survey", "cmsr")
+#: the temporary API's start-up; ``flows.warning_lines`` prints warnings as one line under the CLI.
+WORKER_PRELOAD = ("flows.survey", "cmsr", "flows.warning_lines")
 
 #: Memory one CPU worker should have (a CMSR tile of 512+2x32 px trains in well under 1 GB);
 #: caps the automatic worker count on small-memory machines.

@@ -5,6 +5,7 @@
   ``UnfinishedTiles`` from its finish step): one line, exit 1;
 * Ctrl-C (:class:`flows.errors.JobInterrupted`, which names the finished tiles and the work dir,
   or a bare ``KeyboardInterrupt``): one line, exit 130 (finished tiles are kept for the resume);
+* a warning: one line ``warning: <message>`` on stderr, once each;
 * anything else, an internal ``ValueError`` included, is a bug: exit 1 with the full traceback
   under ``--verbose``, else one line that says how to get it.
 
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 import typer
 
 from ..errors import JobInterrupted, TileFailed, UsageError
+from ..warning_lines import one_line_warnings
 
 BAD_INPUT = 2
 FAILED = 1
@@ -60,9 +62,11 @@ def _describe(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def exit_codes(verbose: bool = False) -> Iterator[None]:
-    """Run a command's body, turning its failures into the one-line messages and exit codes above."""
+    """Run a command's body, turning its failures into the one-line messages and exit codes above
+    (and its warnings into ``warning: <message>`` lines, :mod:`flows.warning_lines`)."""
     try:
-        yield
+        with one_line_warnings():
+            yield
     except typer.Exit:
         raise
     except JobInterrupted as exc:
