@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import interrupts
 from .engine import configure_environment, flush_prefect, worker_environment
 from .errors import UsageError
 
@@ -30,8 +31,8 @@ import distributed  # noqa: E402
 
 #: Modules every embedded worker imports when it starts (Prefect, the job, the core, torch:
 #: several seconds per process), so the first tile's time is its own and the import overlaps
-#: the temporary API's start-up.
-WORKER_PRELOAD = ("flows.survey", "cmsr")
+#: the temporary API's start-up; ``flows.warning_lines`` prints warnings as one line under the CLI.
+WORKER_PRELOAD = ("flows.survey", "cmsr", "flows.warning_lines")
 
 #: Memory one CPU worker should have (a CMSR tile of 512+2x32 px trains in well under 1 GB);
 #: caps the automatic worker count on small-memory machines.
@@ -160,11 +161,17 @@ class EmbeddedCluster(distributed.LocalCluster):
         # cluster holds it
         kwargs.setdefault("dashboard_address", ":0")
         kwargs.setdefault("preload", list(WORKER_PRELOAD))
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
+        # the cluster's loop thread and the worker processes it spawns inherit the blocked SIGINT
+        with interrupts.sigint_blocked(), \
+                dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
             super().__init__(n_workers=n_workers or auto_workers(), threads_per_worker=threads_per_worker,
                              env=env, resources=resources or None, **kwargs)
 
     def close(self, timeout: float | None = None):
+        if interrupts.requested():
+            with _distributed_quiet():
+                _stop_workers_now(self)
+                return super().close(INTERRUPTED_CLOSE_S)
         _close_workers_patiently(self)
         return super().close(timeout)
 
@@ -199,6 +206,39 @@ def _close_workers_patiently(cluster) -> None:
         pass
 
 
+#: Seconds the scheduler and nannies get to close after Ctrl-C (the workers are already gone).
+INTERRUPTED_CLOSE_S = 5.0
+
+
+@contextlib.contextmanager
+def _distributed_quiet() -> Iterator[None]:
+    """Dask's log lines off while inside (its loggers have levels of their own, set by
+    ``silence_logs``): after Ctrl-C, workers killed on purpose and the tasks they lose are not
+    the user's news."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "distributed" or name.startswith("distributed.")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _stop_workers_now(cluster) -> None:
+    """After Ctrl-C: end the worker processes at once (a tile's result is written atomically, so a
+    killed tile only runs again on resume), telling each nanny first not to restart its worker."""
+    pids = []
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        if isinstance(nanny, distributed.Nanny):
+            nanny.close_gracefully(reason="cmsr-interrupted")  # no restart when its worker dies
+            if nanny.pid:
+                pids.append(nanny.pid)
+    interrupts.stop_processes(pids)
+
+
 @contextlib.contextmanager
 def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster of ``spec``; close what we started on exit."""
@@ -219,7 +259,8 @@ def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
                 "--gpus needs dask-cuda: pip install 'cmsr[gpu]' (or use the docker/Dockerfile.gpu image)"
             ) from None
         os.environ.update({k: v for k, v in env.items() if not k.startswith("MALLOC_")})
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
+        with interrupts.sigint_blocked(), \
+                dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(env)}):
             cluster = LocalCUDACluster(
                 n_workers=n_gpus, threads_per_worker=1, resources={"GPU": 1}, preload=list(WORKER_PRELOAD),
                 dashboard_address=":0", silence_logs=logging.WARNING,
@@ -234,9 +275,15 @@ def open_cluster(spec: ClusterSpec) -> Iterator[ClusterHandle]:
     try:
         yield handle
     finally:
-        if n_gpus:
-            _close_workers_patiently(cluster)
-        cluster.close()
+        if interrupts.requested():
+            with _distributed_quiet():
+                if n_gpus:  # EmbeddedCluster.close does it itself
+                    _stop_workers_now(cluster)
+                cluster.close(INTERRUPTED_CLOSE_S)
+        else:
+            if n_gpus:
+                _close_workers_patiently(cluster)
+            cluster.close()
 
 
 __all__ = ["ClusterSpec", "ClusterHandle", "EmbeddedCluster", "open_cluster", "auto_workers", "available_cpus",

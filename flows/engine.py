@@ -13,6 +13,8 @@ import os
 import threading
 from collections.abc import Iterator
 
+from . import interrupts
+
 #: Environment defaults applied by :func:`configure_environment` (never overriding the user's).
 OFFLINE_ENV: dict[str, str] = {
     # no usage analytics from the client SDK (checked first by Prefect's analytics service)
@@ -140,21 +142,38 @@ def prefect_api(startup_timeout: float | None = None, services: bool = False) ->
     api = PrefectAPI(server.api_url, thread, errors)
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
-    thread.start()
+    with interrupts.sigint_blocked():  # the thread starts the server: both inherit the mask
+        thread.start()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield api
             finally:
                 if not errors:
-                    flush_prefect()
+                    flush_prefect(INTERRUPTED_FLUSH_S if interrupts.requested() else 10.0)
     finally:
         if old is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = old
+        _stop_server(server, thread)
+
+
+#: Seconds the teardown after Ctrl-C gives Prefect's queued logs and events (then drops them).
+INTERRUPTED_FLUSH_S = 1.0
+
+
+def _stop_server(server, thread: threading.Thread) -> None:
+    """Stop the temporary API. Normally after its start-up thread is done; after Ctrl-C at once
+    (the start-up may still be polling for minutes): stop, let the thread notice, and stop again
+    in case it had just spawned the process."""
+    if not interrupts.requested():
         thread.join()
         server.stop()
+        return
+    server.stop()
+    thread.join(2.0)
+    server.stop()
 
 
 def flush_prefect(timeout: float = 10.0) -> None:

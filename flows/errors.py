@@ -18,4 +18,20 @@ class TileFailed(RuntimeError):
     """A tile's unit of work raised; the message names the tile(s), the job and the cause."""
 
 
-__all__ = ["UsageError", "TileFailed"]
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a job; ``finished`` tiles are kept in ``work_dir`` for the resume.
+
+    A ``KeyboardInterrupt`` so that code catching ``Exception`` (one survey of many failing)
+    does not swallow the user's Ctrl-C and go on with the next survey."""
+
+    def __init__(self, finished: int, work_dir: str) -> None:
+        super().__init__(finished, work_dir)
+        self.finished = finished
+        self.work_dir = work_dir
+
+    def __str__(self) -> str:
+        return (f"interrupted; {self.finished} finished tile{'' if self.finished == 1 else 's'} kept in "
+                f"{self.work_dir}; run the same command again to resume")
+
+
+__all__ = ["UsageError", "TileFailed", "JobInterrupted"]

@@ -33,6 +33,7 @@ import pipelines  # noqa: E402
 
 from .cluster import ClusterHandle, ClusterSpec, gpu_workers, open_cluster  # noqa: E402
 from .errors import TileFailed  # noqa: E402 - raised here; lives where the CLI can name it without Prefect
+from .interrupts import job_interruptible, stop_if_interrupted  # noqa: E402
 
 #: Tile task retries (transient failures: a worker's file system hiccup, a CUDA OOM when a
 #: co-tenant spiked) and the delay between tries.
@@ -192,10 +193,12 @@ def _run_prepared(rgb: str, target: str, out: str, config: dict, tiles_per_task:
     done = reused
     by_key = {f.wrapped_future.key: f for f in futures}
     for dask_future in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
+        stop_if_interrupted()
         prefect_future = by_key[dask_future.key]
         try:
             batch_results = prefect_future.result()
         except Exception as exc:  # noqa: BLE001 - collected; the flow fails after the others finish
+            stop_if_interrupted()  # a Ctrl-C that Prefect or pydantic wrapped is no failed tile
             failures.append(str(exc))
             continue
         for r in batch_results:
@@ -248,7 +251,17 @@ def run_survey(rgb: str, target: str, out: str, config: pipelines.JobConfig,
     the job in this process, then run the flow with a temporary Prefect API (unless one is
     configured) and the cluster of ``options``; returns the flow's final Prefect state (Completed
     with the summary, or Failed). Bad input raises before the API or the cluster starts, and
-    leaves nothing behind. ``notice``: where a taken-over stale lock is told (None: a warning)."""
+    leaves nothing behind. ``notice``: where a taken-over stale lock is told (None: a warning).
+    Ctrl-C: the teardown is quick and then ``flows.errors.JobInterrupted`` names the finished
+    tiles kept in the work dir (``flows.interrupts``)."""
+    with job_interruptible(os.path.abspath(config.work_dir_for(out))):
+        return _run_survey_engine(rgb, target, out, config, options, on_cluster, notice)
+
+
+def _run_survey_engine(rgb: str, target: str, out: str, config: pipelines.JobConfig,
+                       options: RunOptions, on_cluster: Callable[[ClusterHandle], None] | None,
+                       notice: Callable[[str], None] | None):
+    """``run_survey`` without the Ctrl-C handling: ownership, prepare, API, cluster, flow."""
     from .engine import prefect_api
 
     config = planned_config(config, options.cluster)

@@ -1,8 +1,11 @@
 """What each failure of a command prints and which exit code it ends with, decided by type.
 
 * bad input (:func:`bad_input_types`): one line ``error: <file or option>: <problem>``, exit 2;
-* a job that failed while running (:class:`flows.errors.TileFailed`): one line, exit 1;
-* Ctrl-C: one line, exit 130 (finished tiles are kept for the resume);
+* a job that failed while running (:class:`flows.errors.TileFailed`, or ``pipelines``'
+  ``UnfinishedTiles`` from its finish step): one line, exit 1;
+* Ctrl-C (:class:`flows.errors.JobInterrupted`, which names the finished tiles and the work dir,
+  or a bare ``KeyboardInterrupt``): one line, exit 130 (finished tiles are kept for the resume);
+* a warning: one line ``warning: <message>`` on stderr, once each;
 * anything else, an internal ``ValueError`` included, is a bug: exit 1 with the full traceback
   under ``--verbose``, else one line that says how to get it.
 
@@ -19,7 +22,8 @@ from collections.abc import Iterator
 
 import typer
 
-from ..errors import TileFailed, UsageError
+from ..errors import JobInterrupted, TileFailed, UsageError
+from ..warning_lines import one_line_warnings
 
 BAD_INPUT = 2
 FAILED = 1
@@ -36,6 +40,14 @@ def bad_input_types() -> tuple[type[BaseException], ...]:
     return (CoreInvalidInput, TilingInvalidInput, UsageError, FileNotFoundError, PermissionError)
 
 
+def failed_job_types() -> tuple[type[BaseException], ...]:
+    """A job that ran and failed, by type: a tile raised after its retries, or ``finish`` found
+    tiles without a usable result (running again computes them). Imported when classifying."""
+    from pipelines.job.tile_store import UnfinishedTiles
+
+    return (TileFailed, UnfinishedTiles)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -50,17 +62,21 @@ def _describe(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def exit_codes(verbose: bool = False) -> Iterator[None]:
-    """Run a command's body, turning its failures into the one-line messages and exit codes above."""
+    """Run a command's body, turning its failures into the one-line messages and exit codes above
+    (and its warnings into ``warning: <message>`` lines, :mod:`flows.warning_lines`)."""
     try:
-        yield
+        with one_line_warnings():
+            yield
     except typer.Exit:
         raise
+    except JobInterrupted as exc:
+        raise _fail(str(exc), INTERRUPTED) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; finished tiles are kept, run the same command again to resume",
                     INTERRUPTED) from None
-    except TileFailed as exc:
-        raise _fail(str(exc), FAILED) from None
     except Exception as exc:  # noqa: BLE001 - classified by type right here
+        if isinstance(exc, failed_job_types()):
+            raise _fail(str(exc), FAILED) from None
         if isinstance(exc, bad_input_types()):
             raise _fail(_describe(exc), BAD_INPUT) from None
         if verbose:

@@ -86,10 +86,10 @@ def plan(
     if as_json:
         typer.echo(json.dumps(info, indent=1))
         return
-    _print_plan(info, job.warnings)
+    _print_plan(info)
 
 
-def _print_plan(info: dict[str, Any], warnings: tuple[str, ...]) -> None:
+def _print_plan(info: dict[str, Any]) -> None:
     hr, lr = info["hr_grid"], info["lr_grid"]
     typer.echo(f"HR grid (output): {hr['shape'][0]} x {hr['shape'][1]} px, {hr['resolution']} m, {hr['crs']}")
     typer.echo(f"LR grid (target): {lr['shape'][0]} x {lr['shape'][1]} px, {lr['resolution']} m "
@@ -102,8 +102,7 @@ def _print_plan(info: dict[str, Any], warnings: tuple[str, ...]) -> None:
                f"mean valid fraction {info['valid_fraction']:.2f}")
     typer.echo(f"estimate: ~{_duration(info['estimated_seconds'])} with {info['workers']} worker(s), "
                f"~{info['seconds_per_tile']:.1f} s/tile ({info['estimate_source']})")
-    for w in warnings:
-        typer.echo(f"warning: {w}", err=True)
+    # the job's warnings were printed as prepare raised them (``exit_codes``: one line each)
 
 
 def _resolution(grid: Any) -> list[float]:
