@@ -91,7 +91,8 @@ def sr_one_pixel(ctx: Context) -> Verdict:
     d = ctx.folder("15a")
     run = ctx.run(["sr", "--target", ctx.inputs.sr_target_1x1(), "--scale", "4", "--out", str(d / "sr.png"),
                    "--method", "bp"])
-    return verdict(refused(run, ["thermal_1x1.png"]) + nothing_new(d, set()), run.brief(), run)
+    # not strict: `cmsr sr` announces the pair it runs on before the error, which is fine
+    return verdict(refused(run, ["thermal_1x1.png"], strict=False) + nothing_new(d, set()), run.brief(), run)
 
 
 def sr_small_guide(ctx: Context) -> Verdict:

@@ -183,7 +183,8 @@ class CliRun:
     def brief(self) -> str:
         """rc and the first error/warning line, for the result column."""
         said = [ln for ln in self.lines() if ln.startswith(("error:", "warning:"))]
-        tail = said[0] if said else (self.lines()[-1] if self.lines() else "")
+        printed = [ln for ln in self.stdout.splitlines() if ln.strip()]
+        tail = said[0] if said else printed[-1] if printed else self.lines()[-1] if self.lines() else ""
         rc = "timeout" if self.rc is None else f"rc {self.rc}"
         return f"{rc}, {self.seconds:.0f} s" + (f": {tail[:160]}" if tail else "")
 
