@@ -128,7 +128,7 @@ def _run_with_outcome(monkeypatch, sample, tmp_path, outcome: BaseException):
     """``cmsr run`` with the flow replaced by one that raises ``outcome``."""
     import flows.survey
 
-    def run_survey(rgb, target, out, config, options, on_cluster=None):
+    def run_survey(rgb, target, out, config, options, on_cluster=None, notice=None):
         raise outcome
 
     monkeypatch.setattr(flows.survey, "run_survey", run_survey)
