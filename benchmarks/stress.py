@@ -13,6 +13,11 @@
    be transferred into the target. The margin without the region's outer 4 px is reported beside
    it (a diagnostic: it separates transferred texture from an edge pulled by the patch boundary).
 
+3. objects (``--only objects``): real silhouettes (people cut by their heat in the thermal truth,
+   a poster, a tree) pasted into the guide only, 26 fixed draws over thermal and NIR hosts
+   (``pasted_objects.DRAWS``, split A / B): inside the silhouette within 0.3 dB of bicubic and of
+   the same run without the paste (``object_stress``; its own table and files in ``out/objects``).
+
 Prints a table and writes ``benchmarks/out/stress.csv`` and ``stress.json``. Example:
 
     python benchmarks/stress.py --preset fast --dataset epfl_rgbnir_x4 --scenes 1
@@ -188,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                     help="override a CMSRConfig field: top-level (--set max_iters=100) or a group as "
                          "null / a JSON object (--set registration=null, --set 'warp={\"tps_grid\": 6}')")
-    ap.add_argument("--only", choices=("misalignment", "conservativeness"), default=None)
+    ap.add_argument("--only", choices=("misalignment", "conservativeness", "objects"), default=None,
+                    help="one test; 'objects' (real pasted silhouettes, benchmarks/object_stress.py) runs only with it")
+    ap.add_argument("--jobs", type=int, default=2, help="objects: processes (one thread each)")
+    ap.add_argument("--draws", default=None, help="objects: comma-separated draw indexes, or A / B (a split)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -196,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_iters:
         cfg = cfg.replace(max_iters=args.max_iters)
     cfg = apply_overrides(cfg, args.set)
+    if args.only == "objects":
+        return _objects(cfg, args)
     rng = np.random.default_rng(args.seed)
     rows: list[dict] = []
     datasets = args.dataset or ["epfl_rgbnir_x4", "ulb17vt_thermal_x4"]
@@ -273,6 +283,23 @@ def main(argv: list[str] | None = None) -> int:
             res = (f"region {r['psnr_region_out']:.2f} vs bicubic {r['psnr_region_bicubic']:.2f} ({r['margin_db']:+.2f} dB;"
                    f" interior {r['margin_interior_db']:+.2f})")
         print(f"{r['test']:16s} {r['dataset']:20s} {r['scene']:14s} {res:60s} {r['pass']}")
+    return 0
+
+
+def _objects(cfg: CMSRConfig, args: argparse.Namespace) -> int:
+    """3. conservativeness on real pasted objects (see ``object_stress``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import object_stress
+    import pasted_objects
+
+    draws = None
+    if args.draws in ("A", "B"):
+        draws = [d.index for d in pasted_objects.DRAWS if d.split == args.draws]
+    elif args.draws:
+        draws = [int(x) for x in args.draws.split(",")]
+    label = args.preset + ("".join(f" {s}" for s in args.set) if args.set else "")
+    rows = object_stress.run_objects(cfg, label, DATA, ROOT, args.out / "objects", args.jobs, args.seed, draws)
+    object_stress.print_table(rows)
     return 0
 
 
