@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmsr.errors import InvalidInput
+from cmsr.errors import InputWarning, InvalidInput
 from cmsr.resize import imresize_torch
 
 MIN_SCALE, MAX_SCALE = 2, 8
@@ -206,11 +206,9 @@ def prepare_guide(
                          for k in range(c)])
     if resample:
         want = (scale * target_hw[0], scale * target_hw[1])
-        warnings.warn(
+        warnings.warn(InputWarning(
             f"guide size {arr.shape[0]}x{arr.shape[1]} is not {scale} x target {target_hw[0]}x{target_hw[1]}; "
-            f"resampling the guide to {want[0]}x{want[1]}",
-            stacklevel=3,
-        )
+            f"resampling the guide to {want[0]}x{want[1]}"), stacklevel=3)
         t = imresize_torch(t, output_shape=want).clamp(0.0, 1.0)
         notes["guide_resampled_from"] = [int(arr.shape[0]), int(arr.shape[1])]
     notes["guide_bands"] = int(c)

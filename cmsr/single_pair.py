@@ -18,7 +18,7 @@ import numpy as np
 from cmsr import image_io
 from cmsr.api import METHODS, SRResult, run
 from cmsr.inputs import check_guide_size, check_scale, prepare_target
-from cmsr.errors import InvalidInput
+from cmsr.errors import InputWarning, InvalidInput
 
 #: the methods that read the guide (the others are told it is ignored, so a wrong file is noticed)
 GUIDED_METHODS = ("cmsr", "guided")
@@ -101,7 +101,7 @@ def run_single_pair(
         prepare_target(target, None)
     except InvalidInput as exc:
         raise InvalidInput(f"{tpath}: {exc}") from None
-    guide_notes: list[str] = []  # said before training; the core warns itself about a resampled guide
+    guide_notes: list[str] = []  # said before training; the core itself warns of a resampled guide
     if guide is not None:
         try:
             check_guide_size(guide.shape[:2], target.shape[:2], s)
@@ -126,14 +126,10 @@ def run_single_pair(
     learned = f" ({preset or DEFAULT_PRESET} preset{', no warp' if no_warp else ''})" if method in ("cmsr", "zssr") else ""
     say(f"{method} x{s}: {tpath.name} {target.shape[0]}x{target.shape[1]} -> "
         f"{s * target.shape[0]}x{s * target.shape[1]}{learned}")
-    for line in guide_notes:
-        say(f"note: {line}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = run(target, guide, s, config, method=method, seed=seed, device=device, progress=progress,
-                     guide_weight=write_guide_weight)
-    for w in caught:
-        say(f"note: {w.message}")
+    for line in guide_notes:  # warnings, not progress lines: said under --quiet/--json too
+        warnings.warn(InputWarning(line), stacklevel=2)
+    result = run(target, guide, s, config, method=method, seed=seed, device=device, progress=progress,
+                 guide_weight=write_guide_weight)
 
     dtype = target.dtype if target.dtype in (np.uint8, np.uint16) else None
     image_io.write_image(opath, result.image, dtype)

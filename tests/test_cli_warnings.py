@@ -92,3 +92,21 @@ def test_run_prints_driver_and_worker_warnings_as_one_line_each(sample, zero_bor
     recomputed = [ln for ln in lines if ln.startswith(f"warning: tile {damaged}: ") and "recomputing" in ln]
     assert len(border) == 1 and len(recomputed) == 1 and len(lines) == 2, r.stderr
     assert out.exists()
+
+
+def test_sr_says_once_that_the_method_ignores_the_guide(shared_data, tmp_path):
+    """``cmsr sr --method bp`` with a guide 8x too small (a wrong file, most likely): one warning
+    line naming the guide, whatever the progress output (issue 11 item 15)."""
+    from PIL import Image
+
+    pair = shared_data / "pairs" / "ulb17vt_thermal_x4"
+    small = tmp_path / "small_guide.png"
+    rgb = Image.open(pair / "064_guide.png").convert("RGB")
+    rgb.resize((rgb.width // 8, rgb.height // 8)).save(small)
+    for quiet in ([], ["--quiet"]):
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "sr", "--target", str(pair / "064_lr.png"),
+                            "--guide", str(small), "--scale", "4", "--out", str(tmp_path / "o.png"), "--method", "bp",
+                            *quiet], cwd=REPO, env=engine_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = _warning_lines(r.stderr)
+        assert len(lines) == 1 and "does not use a guide" in lines[0] and "small_guide.png" in lines[0], r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cmsr import InvalidInput, image_io
+from cmsr.errors import InputWarning
 from cmsr.single_pair import run_single_pair
 
 
@@ -92,12 +94,11 @@ def test_a_guide_the_method_ignores_is_said(lr: Path, guide: Path, tmp_path: Pat
     small = tmp_path / "small_guide.png"
     rgb = image_io.read_guide(guide)
     Image.fromarray(np.ascontiguousarray(rgb[::8, ::8])).save(small)
-    lines: list[str] = []
-    run_single_pair(lr, small, tmp_path / "o.png", 4, "bp", echo=lines.append)
-    assert any("does not use a guide" in line and "small_guide.png is ignored" in line for line in lines), lines
-    lines.clear()
-    run_single_pair(lr, guide, tmp_path / "o2.png", 4, "guided", echo=lines.append)
-    assert not any("ignored" in line for line in lines), lines
+    with pytest.warns(InputWarning, match=r"does not use a guide; .*small_guide.png is ignored"):
+        run_single_pair(lr, small, tmp_path / "o.png", 4, "bp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        run_single_pair(lr, guide, tmp_path / "o2.png", 4, "guided")
 
 
 def test_png_keeps_the_target_dtype_and_tiff_is_float32(lr: Path, guide: Path, tmp_path: Path) -> None:
