@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -93,13 +94,28 @@ def output_dir_missing(ctx: Context) -> Verdict:
                     out="no/such/sr.tif")
 
 
+def _immutable(folder: Path, on: bool) -> bool:
+    """``chattr +i`` / ``-i``: a folder even root cannot write into (where the file system has it)."""
+    try:
+        return subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def output_dir_read_only(ctx: Context) -> Verdict:
-    """A directory of mode 0555. Root may write anywhere, so as root the command runs as
-    ``nobody`` (the inputs and the code are world-readable); without root or nobody: SKIP."""
+    """A directory of mode 0555. Root may write anywhere, so as root the folder is also made
+    immutable (``chattr +i``), or, where that is not possible, the command runs as ``nobody``
+    (the inputs and the code are world-readable); without any of these: SKIP."""
     d = ctx.folder("B9b")
     ro = d / "readonly"
     ro.mkdir()
     ro.chmod(0o555)
+    if os.geteuid() == 0 and _immutable(ro, True):
+        try:
+            run = ctx.cli.run(run_args(ctx.survey.rgb, ctx.survey.thermal, ro / "sr.tif"))
+        finally:
+            _immutable(ro, False)
+        return verdict(refused(run, ["sr.tif", "not writable"]) + nothing_new(ro, set()), run.brief(), run)
     user = NOBODY if os.geteuid() == 0 else None
     if user is None and os.access(ro, os.W_OK):
         return skip("a mode-0555 folder is writable for this user")
