@@ -335,6 +335,6 @@ CASES = [
          lambda ctx: _refused_at_once(ctx, "8a", bad_target=ctx.inputs.truncated("thermal"))),
     Case("8b", "issue 11 #8", "truncated RGB GeoTIFF (60% of its bytes)", "exit 2, one line naming the file",
          lambda ctx: _refused_at_once(ctx, "8b", bad_rgb=ctx.inputs.truncated("rgb"))),
-    Case("9", "issue 11 #9", "the clean run under umask 022", "COG, report, quick-look, job/work/tile files 0644",
+    Case("9", "issue 11 #9", "the clean run under umask 022", "COG, report, quick-look, job, work and tile files 0644",
          output_modes),
 ]

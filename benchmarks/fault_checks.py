@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from fault_harness import CliRun, listing, pixels
+from fault_harness import CliRun, listing, pixels, shown
 from fault_inputs import Survey
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def warned_once(run: CliRun, about: str, must_say: Sequence[str] = ()) -> list[s
 
 def no_warning(run: CliRun) -> list[str]:
     said = [ln for ln in run.lines() if "warning" in ln.lower()]
-    return [f"warned: {said[0][:100]!r}"] if said else []
+    return [f"warned: {shown(said[0])[:100]!r}"] if said else []
 
 
 def nothing_new(folder: Path, before: set[str]) -> list[str]:

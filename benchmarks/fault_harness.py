@@ -152,6 +152,18 @@ class CreateWatch:
 # ---------------------------------------------------------------------- running the CLI
 
 
+
+#: this machine's folders, shown by name in results (``SCRATCH/``, ``shared/data/``, repo-relative):
+#: the runner registers them, so the tables committed to RESULTS.md carry no machine paths
+PLACES: dict[str, str] = {}
+
+
+def shown(text: str) -> str:
+    """``text`` with every registered folder replaced by its name (before any truncation)."""
+    for path, name in PLACES.items():
+        text = text.replace(path.rstrip("/") + "/", name)
+    return text
+
 @dataclass(frozen=True)
 class CliRun:
     """One finished command, as an outsider saw it."""
@@ -181,10 +193,10 @@ class CliRun:
         return "Traceback (most recent call last)" in self.stderr + self.stdout
 
     def brief(self) -> str:
-        """rc and the first error/warning line, for the result column."""
+        """rc and the first error/warning line, for the result column (folders by :func:`shown`)."""
         said = [ln for ln in self.lines() if ln.startswith(("error:", "warning:"))]
         printed = [ln for ln in self.stdout.splitlines() if ln.strip()]
-        tail = said[0] if said else printed[-1] if printed else self.lines()[-1] if self.lines() else ""
+        tail = shown(said[0] if said else printed[-1] if printed else self.lines()[-1] if self.lines() else "")
         rc = "timeout" if self.rc is None else f"rc {self.rc}"
         return f"{rc}, {self.seconds:.0f} s" + (f": {tail[:160]}" if tail else "")
 

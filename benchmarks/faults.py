@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from fault_cases import CASES as RESULT_CASES  # noqa: E402
 from fault_cases_bad_input import CASES as BAD_INPUT_CASES  # noqa: E402
 from fault_cases_messages import CASES as MESSAGE_CASES  # noqa: E402
+import fault_harness  # noqa: E402
 from fault_checks import Case, Verdict  # noqa: E402
 from fault_context import Context  # noqa: E402
 from fault_inputs import S2  # noqa: E402
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="cmsr-faults-"))
     scratch.mkdir(parents=True, exist_ok=True)
     scratch.chmod(0o755)  # B9b runs one command as nobody: it must reach the inputs
+    fault_harness.PLACES.update({str(scratch): "SCRATCH/", str(S2.parents[1]): "shared/data/", str(HERE.parent): ""})
     ctx = Context(scratch, args.timeout)
     rows: list[dict] = []
     t_all = time.monotonic()
