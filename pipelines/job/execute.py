@@ -85,14 +85,21 @@ def tiles_per_batch(job: Job, count: int, tile_fn: tilefn.TileFn | None = None) 
                                   job.config.device, guide_channels=len(job.guide_bands), scale=job.plan.scale)
 
 
+def _takes_field(job: Job, batch_fn: tilefn.TileBatchFn) -> bool:
+    """Whether tiles run by ``batch_fn`` take the survey's registration field: the core's own batch
+    function on a job that registers (a custom function never sees it)."""
+    return batch_fn is tilefn.core_batch_fn and tilefn.survey_registers(job.config)
+
+
 def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
-               weights: Sequence[str | None], survey_registration: bool) -> list[TileResult]:
+               weights: Sequence[str | None]) -> list[TileResult]:
     """Tiles ``indices`` (none reused or skipped) through ``batch_fn``, band by band -> result files.
 
-    Tile ``i`` gets seed ``seed + i`` whatever batch it is in, and (``survey_registration``) its
-    affine from the survey's registration field. ``seconds`` and ``fn_seconds`` of each result
-    are its share of the batch's."""
+    Tile ``i`` gets seed ``seed + i`` whatever batch it is in, and (the core's batch function on
+    a job that registers) its affine from the survey's registration field. ``seconds`` and
+    ``fn_seconds`` of each result are its share of the batch's."""
     t0 = time.perf_counter()
+    survey_registration = _takes_field(job, batch_fn)
     affines = tile_registrations(job, indices) if survey_registration else [None] * len(indices)
     registrations = [None if a is None else (tuple(a[0]), tuple(a[1])) for a in affines]
     inputs = [read_tile_inputs(job, i) for i in indices]
@@ -156,13 +163,12 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
             missing = [p for p in weights if not os.path.exists(p)]
             if missing:
                 raise RuntimeError(f"warm start weights {missing[0]} are missing: run pipelines.pretrain_survey first")
-        survey_registration = tilefn.survey_registers(job.config, tile_fn)
-        if survey_registration:
+        if _takes_field(job, batch_fn):
             tile_registrations(job, [])  # the field must exist before any tile trains
         size = tiles_per_batch(job, len(todo), tile_fn)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            results.update(zip(chunk, _run_batch(job, chunk, batch_fn, weights, survey_registration)))
+            results.update(zip(chunk, _run_batch(job, chunk, batch_fn, weights)))
     return [results[int(i)] for i in indices]
 
 

@@ -165,13 +165,14 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
     report["guide_weight"] = guide_weight_summary(job.out, n, descriptions[:n]) if weights else None
     field = load_field(job)
     report["registration"] = None
+    registration_map = None
     if field is not None:  # the survey's registration field (cmsr): its map beside the output
-        write_registration_map(job)
+        registration_map = write_registration_map(job)
         report["registration"] = field["summary"]
         if field["summary"].get("warning"):
             report["warnings"].append(field["summary"]["warning"])
     write_json(job.report_path, report, indent=1)
-    return JobOutputs(job.out, job.report_path, quick)
+    return JobOutputs(job.out, job.report_path, quick, registration_map)
 
 
 def _preset_name(cfg: JobConfig) -> str:
