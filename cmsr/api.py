@@ -24,6 +24,7 @@ from cmsr.runtime import AmpChoice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cmsr.config import CMSRConfig
+    from cmsr.registration import RegistrationEstimate
 
 METHODS: tuple[str, ...] = ("cmsr", "zssr", "bicubic", "bp", "guided")
 LEARNED: tuple[str, ...] = ("cmsr", "zssr")
@@ -86,7 +87,8 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
              device: str | torch.device = "cpu", target_range: tuple[float, float] | None = None,
              guide_range: np.ndarray | None = None, init_state: dict[str, torch.Tensor] | None = None,
              progress: Callable[[int, int, float, float], None] | None = None, amp: AmpChoice = "off",
-             max_batch: int | None = None, guide_weight: bool = False) -> list[SRResult]:
+             max_batch: int | None = None, guide_weight: bool = False,
+             registrations: Sequence[np.ndarray | None] | None = None) -> list[SRResult]:
     """:func:`run` for many tiles of one survey: one :class:`SRResult` per tile.
 
     The learned methods train all tiles as one batched computation (``max_batch`` at a time;
@@ -95,6 +97,10 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
     ``init_state``: survey warm-start weights (``cmsr.warm_start``), with ``config`` then the
     fine-tune config. ``progress(tile, iteration, error, lr)`` at every reconstruction check.
     ``guide_weight``: each result also carries its guide weight map (see :class:`SRResult`).
+    ``registrations`` (method ``cmsr`` with a guide branch): per tile a (2, 3) affine of normalised
+    coordinates (``RegistrationEstimate.affine``, e.g. from a survey's consistent field) or None
+    (the guide as given), used instead of the tile's own ``config.registration``; the same affine
+    ``register`` would find gives the same result, bit for bit.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -109,6 +115,8 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
     needs_guide = method == "guided" or (method == "cmsr" and cfg.guide is not None)
     if needs_guide and any(g is None for g in guides):
         raise InvalidInput(f"method {method!r} needs a guide image")
+    if registrations is not None and not (method == "cmsr" and cfg.guide is not None):
+        raise ValueError(f"registrations apply to method 'cmsr' with a guide branch, not {method!r}")
     tiles = prepare_tiles(targets, guides, s, needs_guide=needs_guide, target_range=target_range,
                           guide_range=guide_range)
     results = []
@@ -117,7 +125,7 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
 
         trained = train([t.target.lr for t in tiles], [t.guide for t in tiles], [t.target.valid for t in tiles], s,
                         cfg, seeds=seeds, device=dev, init_state=init_state, progress=progress, amp=amp,
-                        max_batch=max_batch, guide_weight=guide_weight)
+                        max_batch=max_batch, guide_weight=guide_weight, registrations=registrations)
         per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
         for t, tr in zip(tiles, trained):
             stats = {"method": method, "scale": s, **t.notes, **{k: v for k, v in tr.stats.items() if k != "seconds"},
@@ -150,6 +158,31 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
         image = restore(t, out, s)
         results.append(SRResult(image, stats, None, _masked_weight(weight, image) if guide_weight else None))
     return results
+
+
+def estimate_registrations(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int,
+                           config: "CMSRConfig | None" = None, *, device: str | torch.device = "cpu",
+                           target_range: tuple[float, float] | None = None,
+                           guide_range: np.ndarray | None = None) -> list["RegistrationEstimate"]:
+    """Each tile's guide registration (``config.registration``, the default preset's when None) and
+    how far to trust it, on exactly what ``run_many`` would train: the same normalisation and fit,
+    so handing ``estimate.affine`` back through ``run_many(..., registrations=)`` (None where
+    ``not estimate.moves_guide``) trains as the tile's own registration would."""
+    from cmsr.registration import estimate
+    from cmsr.runtime import device_policy
+
+    cfg = config if config is not None else _default_config()
+    if cfg.registration is None or cfg.guide is None:
+        raise ValueError("estimate_registrations needs a config with a guide branch and a registration")
+    s = check_scale(scale)
+    policy = device_policy(_device(device), "off")
+    tiles = prepare_tiles(targets, guides, s, needs_guide=True, target_range=target_range, guide_range=guide_range)
+    out = []
+    for t in tiles:  # as the trainer's tile state holds them (cmsr.train._Tile)
+        lr = policy.to_device(t.target.lr.detach())
+        valid = t.target.valid.detach().to(policy.device, torch.bool)
+        out.append(estimate(t.guide, lr, valid, s, cfg.registration))  # type: ignore[arg-type]
+    return out
 
 
 def _masked_weight(weight: torch.Tensor | None, image: np.ndarray) -> np.ndarray:

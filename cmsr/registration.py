@@ -8,10 +8,17 @@ of the target with the warped guide as its guide reproduces the target well exac
 guide's edges sit on the target's. It is minimised over the guide's global affine, after a search
 over whole-pixel shifts (a descent alone stalls on the weak signal a few pixels away), coarse to
 fine on the target's grid /4, /2 and /1 (the guide resized to each).
+
+A survey registers every tile first (``estimate``: the fit plus how far it can be trusted), makes
+one consistent field of them (``pipelines``) and hands each tile its affine back
+(``cmsr.run_many(..., registrations=)``); ``register`` is the same fit for a tile alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from .baselines import guided_filter
@@ -27,15 +34,73 @@ def register(guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | No
     ``settings.min_px`` HR pixels on average (the guide is then used as given)."""
     warp = AffineWarp().to(target.device)
     fit_affine(warp, guide, target, valid, settings)
-    h, w = target.shape
-    if mean_displacement_px(warp, scale * h, scale * w) < settings.min_px:
-        return None
-    return warp.affine.detach().clone()
+    affine = warp.affine.detach().clone()
+    return affine if moves_guide(affine, tuple(target.shape), scale, settings) else None
+
+
+def moves_guide(affine: torch.Tensor, lr_shape: tuple[int, int], scale: int, settings: Registration) -> bool:
+    """Whether ``affine`` moves the guide by at least ``settings.min_px`` HR pixels on average: the
+    one rule that decides between an affine and the guide as given (``register`` and a survey's field)."""
+    h, w = lr_shape
+    return mean_displacement_px(AffineWarp(affine), scale * h, scale * w) >= settings.min_px
+
+
+@dataclass(frozen=True)
+class RegistrationEstimate:
+    """One tile's registration as a survey needs it: the fit, and what says whether to trust it."""
+
+    affine: np.ndarray
+    """(2, 3) float32 affine of normalised coordinates, as fitted (``min_px`` not applied)."""
+    moves_guide: bool
+    """The fit moves the guide by at least ``min_px`` HR pixels on average (``register`` keeps it)."""
+    guide_texture: float
+    """Mean absolute difference between neighbouring LR pixels of the guide's band mean (the guide
+    resized to the LR grid, normalised units, over the target's valid pixels): ~0 for a flat guide,
+    whose shift nothing can measure."""
+    search_contrast: float | None
+    """(median - minimum) / median of the criterion over the whole-pixel shifts searched: how clearly
+    one shift wins (0: a flat criterion, no shift measurable). None without a search."""
+
+
+def estimate(guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, scale: int,
+             settings: Registration) -> RegistrationEstimate:
+    """``register``'s fit (the same computation, the same affine) with the measures a survey uses
+    to tell a measured shift from a guess."""
+    warp = AffineWarp().to(target.device)
+    trace = _fit(warp, guide, target, valid, settings)
+    affine = warp.affine.detach().clone()
+    return RegistrationEstimate(
+        affine=affine.cpu().numpy().astype(np.float32), moves_guide=moves_guide(affine, tuple(target.shape), scale,
+                                                                                settings),
+        guide_texture=guide_texture(guide, valid, tuple(target.shape)), search_contrast=trace.search_contrast)
+
+
+def guide_texture(guide: torch.Tensor, valid: torch.Tensor | None, lr_shape: tuple[int, int]) -> float:
+    """See ``RegistrationEstimate.guide_texture``."""
+    with torch.no_grad():
+        g = imresize_torch(guide.detach().to(torch.float32), output_shape=lr_shape).mean(0).double()
+        m = torch.ones(lr_shape, dtype=torch.bool, device=g.device) if valid is None else valid.to(g.device, torch.bool)
+        dx, mx = (g[:, 1:] - g[:, :-1]).abs(), m[:, 1:] & m[:, :-1]
+        dy, my = (g[1:, :] - g[:-1, :]).abs(), m[1:, :] & m[:-1, :]
+        count = int(mx.sum()) + int(my.sum())
+        return float((dx[mx].sum() + dy[my].sum()) / count) if count else 0.0
+
+
+@dataclass(frozen=True)
+class _FitTrace:
+    level_losses: list[float]
+    search_contrast: float | None
 
 
 def fit_affine(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
                settings: Registration) -> list[float]:
     """Minimise the local-fit residual over ``warp.affine`` in place; the final loss of each level."""
+    return _fit(warp, guide, target, valid, settings).level_losses
+
+
+def _fit(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+         settings: Registration) -> _FitTrace:
+    """``fit_affine``, also returning how clearly the shift search found its minimum."""
     radius, eps = settings.radius, settings.eps
     h, w = target.shape
     dev = warp.affine.device
@@ -48,19 +113,24 @@ def fit_affine(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, vali
         return ((fit - tgt.double()).abs() * msk).sum() / msk.sum().clamp_min(1.0)
 
     search = settings.search_px
+    contrast: float | None = None
     if search > 0:
         gl, pts = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
         start = warp.affine.detach().clone()
         best, best_t = float("inf"), start[:, 2].clone()
         shifts = sorted(((dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)),
                         key=lambda d: (d[0] ** 2 + d[1] ** 2, d))  # nearest first: a tie keeps the smaller shift
+        searched: list[float] = []
         with torch.no_grad():
             for dy, dx in shifts:
                 warp.affine[:, 2] = start[:, 2] + torch.tensor([2.0 * dx / w, 2.0 * dy / h], device=dev)
                 loss = float(fit_loss(gl, tgt0, m0, pts))
+                searched.append(loss)
                 if loss < best - 1e-12:
                     best, best_t = loss, warp.affine[:, 2].clone()
             warp.affine[:, 2] = best_t
+        median = float(np.median(searched))
+        contrast = (median - min(searched)) / median if median > 0 else 0.0
     opt = torch.optim.Adam([warp.affine], lr=settings.learning_rate)
     losses: list[float] = []
     for div in (4, 2, 1):
@@ -79,4 +149,4 @@ def fit_affine(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, vali
             opt.step()
         losses.append(float(loss.detach()))
     warp.zero_grad(set_to_none=True)
-    return losses
+    return _FitTrace(losses, contrast)

@@ -94,7 +94,8 @@ def check_inputs(lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tens
 def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
           scale: int, config: CMSRConfig, *, seeds: Sequence[int], device: str | torch.device = "cpu",
           init_state: M.Params | Sequence[M.Params | None] | None = None, progress: ProgressFn | None = None,
-          amp: AmpChoice = "off", max_batch: int | None = None, guide_weight: bool = False) -> list[TrainOutput]:
+          amp: AmpChoice = "off", max_batch: int | None = None, guide_weight: bool = False,
+          registrations: Sequence[torch.Tensor | np.ndarray | None] | None = None) -> list[TrainOutput]:
     """Super-resolve K normalised tiles, training them together; one :class:`TrainOutput` per tile.
 
     Per tile: ``lr`` (h, w) NaN-free, ``guide`` (C, s*h, s*w) or None (pure ZSSR), ``valid`` (h, w)
@@ -104,7 +105,10 @@ def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
     per tile; the warp always starts at the registration (or the identity). ``amp``: autocast
     dtype of the networks on CUDA ('off' = fp32, the default: the same numbers as on CPU).
     ``guide_weight``: also return each tile's guide weight map (the last stage's gate, computed
-    after its inference: the image is the same either way). Deterministic for the same seeds and batch composition on CPU.
+    after its inference: the image is the same either way). ``registrations``: one (2, 3) affine of
+    normalised coordinates or None per tile, decided outside (a survey's consistent field): it
+    replaces the tile's own ``config.registration`` (None = the guide as given); a learned warp
+    starts from it. Deterministic for the same seeds and batch composition on CPU.
     """
     n = len(lrs)
     if not (len(guides) == len(valids) == len(seeds) == n):
@@ -115,6 +119,7 @@ def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
         raise ValueError(f"init_state list has {len(inits)} entries for {n} tiles")
     for lr, guide, valid in zip(lrs, guides, valids):
         check_inputs(lr, guide, valid, int(scale))
+    given = _given_registrations(registrations, n)
     if config.guide is None:
         guides = [None] * n
     policy = device_policy(device, amp)
@@ -128,10 +133,34 @@ def train(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
             chunk = members[start:start + step]
             outs = _train_batch([lrs[i] for i in chunk], [guides[i] for i in chunk], [valids[i] for i in chunk],
                                 int(scale), config, [int(seeds[i]) for i in chunk], [inits[i] for i in chunk],
-                                policy, chunk, progress, guide_weight)
+                                policy, chunk, progress, guide_weight,
+                                None if given is None else [given[i] for i in chunk])
             for i, o in zip(chunk, outs):
                 results[i] = o
     return [r for r in results if r is not None]
+
+
+@dataclass(frozen=True)
+class GivenRegistration:
+    """A tile's registration decided outside the trainer: its affine, or None for the guide as given."""
+
+    affine: torch.Tensor | None
+
+
+def _given_registrations(registrations: Sequence[torch.Tensor | np.ndarray | None] | None,
+                         n: int) -> list[GivenRegistration] | None:
+    """``train``'s ``registrations`` checked (a wrong call is a bug: ValueError), as float32 tensors."""
+    if registrations is None:
+        return None
+    if len(registrations) != n:
+        raise ValueError(f"registrations has {len(registrations)} entries for {n} tiles")
+    out = []
+    for a in registrations:
+        t = None if a is None else torch.as_tensor(a).detach().to("cpu", torch.float32)
+        if t is not None and (tuple(t.shape) != (2, 3) or not bool(torch.isfinite(t).all())):
+            raise ValueError(f"a registration must be a finite (2, 3) affine or None, got shape {tuple(t.shape)}")
+        out.append(GivenRegistration(t))
+    return out
 
 
 def load_init_state(params: M.Params, init_state: M.Params | None) -> M.Params:
@@ -152,15 +181,19 @@ class _Tile:
     """Host-side state of one tile in a batch: its streams, learning-rate schedule, guide and father sources."""
 
     def __init__(self, lr: torch.Tensor, guide: torch.Tensor | None, valid: torch.Tensor, seed: int,
-                 scale: int, config: CMSRConfig, policy: DevicePolicy) -> None:
+                 scale: int, config: CMSRConfig, policy: DevicePolicy, given: GivenRegistration | None = None) -> None:
         self.rng = np.random.default_rng(seed)
         self.lr = policy.to_device(lr.detach())
         self.valid = valid.detach().to(policy.device, torch.bool)
         self.warp: nn.Module | None = None
         self.guide: TileGuide | None = None
         if guide is not None:
-            affine = register(guide, self.lr, self.valid, scale, config.registration) \
-                if config.registration is not None else None
+            if given is not None:  # a survey's field: replaces the tile's own registration
+                affine = None if given.affine is None else given.affine.to(policy.device)
+            elif config.registration is not None:
+                affine = register(guide, self.lr, self.valid, scale, config.registration)
+            else:
+                affine = None
             if config.warp is not None:
                 w = config.warp
                 self.warp = GuideWarp(w.svf_grid, w.svf_integration_grid, w.svf_squarings, w.tps_grid,
@@ -228,11 +261,12 @@ def _batch_warp(tiles: list[_Tile], config: CMSRConfig, policy: DevicePolicy) ->
 
 def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], valids: list[torch.Tensor], scale: int,
                  config: CMSRConfig, seeds: list[int], inits: list[M.Params | None], policy: DevicePolicy,
-                 positions: list[int], progress: ProgressFn | None, want_guide_weight: bool = False
-                 ) -> list[TrainOutput]:
+                 positions: list[int], progress: ProgressFn | None, want_guide_weight: bool = False,
+                 given: list[GivenRegistration] | None = None) -> list[TrainOutput]:
     t0 = time.perf_counter()
     dev = policy.device
-    tiles = [_Tile(lr, g, v, s, scale, config, policy) for lr, g, v, s in zip(lrs, guides, valids, seeds)]
+    givens: list[GivenRegistration | None] = list(given) if given is not None else [None] * len(lrs)
+    tiles = [_Tile(lr, g, v, s, scale, config, policy, gr) for lr, g, v, s, gr in zip(lrs, guides, valids, seeds, givens)]
     k_tiles = len(tiles)
     use_guide = tiles[0].guide is not None
     channels = int(guides[0].shape[0]) if use_guide else None  # type: ignore[union-attr]

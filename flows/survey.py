@@ -6,6 +6,9 @@ are written atomically by ``pipelines``, so a failed, killed or interrupted run 
 only the missing tiles. Prefect's input caching is off (``NO_CACHE``): resumption is the
 job's own, keyed by the plan.
 
+A job whose tiles take the survey's registration field (``cmsr`` with a registering preset) first
+runs its registration stage: the tiles' own registrations as tasks, then one task making the field.
+
 ``run_survey`` is what the CLI calls: own the output, prepare the job here (bad input is refused
 before any engine starts), then temporary API, cluster, progress, flow, teardown.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,10 +34,15 @@ from prefect.context import get_run_context  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 
 import pipelines  # noqa: E402
+from pipelines.job.registration import registers  # noqa: E402
 
 from .cluster import ClusterHandle, ClusterSpec, gpu_workers, open_cluster  # noqa: E402
 from .errors import TileFailed  # noqa: E402 - raised here; lives where the CLI can name it without Prefect
 from .interrupts import job_interruptible, stop_if_interrupted  # noqa: E402
+
+#: Tiles per registration task at least (a tile's registration takes seconds: fewer, larger
+#: tasks keep the orchestration overhead small).
+REGISTRATION_TILES_PER_TASK = 8
 
 #: Tile task retries (transient failures: a worker's file system hiccup, a CUDA OOM when a
 #: co-tenant spiked) and the delay between tries.
@@ -92,8 +101,26 @@ def prepare_job(rgb: str, target: str, out: str, config: dict, job_path: str | N
     active = [t.index for t in job.plan.tiles if not t.skip]
     return {
         "job_path": job.job_path, "tiles": len(job.plan.tiles), "active": len(active), "pending": todo,
-        "scale": job.scale, "warnings": list(job.warnings),
+        "scale": job.scale, "warnings": list(job.warnings), "registers": registers(job),
+        "registration_pending": pipelines.pending_estimates(job),
     }
+
+
+@task(name="register", cache_policy=NO_CACHE, persist_result=False, retries=TILE_RETRIES,
+      retry_delay_seconds=TILE_RETRY_DELAY_S)
+def estimate_task(job_path: str, indices: list[int]) -> list[int]:
+    """Tiles ``indices``' own guide registrations (files in the work dir); a failure names them."""
+    try:
+        return [r["index"] for r in pipelines.estimate_tiles(job_path, list(indices))]
+    except Exception as exc:  # noqa: BLE001 - re-raised with the tiles named
+        raise TileFailed(f"registration of tiles {', '.join(map(str, indices))} of job {job_path}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+@task(name="registration-field", cache_policy=NO_CACHE, persist_result=False)
+def regularise_task(job_path: str) -> dict:
+    """The survey's consistent registration field from the tiles' own (``field.json``); its summary."""
+    return pipelines.regularise_survey(job_path)
 
 
 @task(name="warm-start", cache_policy=NO_CACHE, persist_result=False)
@@ -171,6 +198,8 @@ def _run_prepared(rgb: str, target: str, out: str, config: dict, tiles_per_task:
     _emit(Progress("planned", total, reused, reused=reused, job_path=job_path))
     client = _dask_client()
     use_gpu = gpu_workers(client) if gpu is None else bool(gpu)
+    if info["registers"]:
+        _register(job_path, info["registration_pending"], tiles_per_task, use_gpu, client)
     if todo and config.get("warm_start"):
         with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
             pretrain_task.submit(job_path).result()
@@ -216,6 +245,33 @@ def _run_prepared(rgb: str, target: str, out: str, config: dict, tiles_per_task:
                "scale": info["scale"]}
     logger.info(f"wrote {outputs['cog']}")
     return summary
+
+
+def _register(job_path: str, pending: list[int], tiles_per_task: int, use_gpu: bool, client) -> None:  # noqa: ANN001
+    """The survey registration stage: the tiles' own registrations as tasks (a few tiles each:
+    seconds a tile), then the field; its misalignment warning is said here, in the flow's process
+    (the CLI's terminal), once."""
+    logger = get_run_logger()
+    if pending:
+        logger.info(f"registering the guide of {len(pending)} tile(s)")
+        per_task = max(int(tiles_per_task), REGISTRATION_TILES_PER_TASK)
+        with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
+            futures = [estimate_task.submit(job_path, batch) for batch in _batches(pending, per_task)]
+        failures = []
+        by_key = {f.wrapped_future.key: f for f in futures}
+        for dask_future in distributed.as_completed([f.wrapped_future for f in futures], loop=client.loop):
+            stop_if_interrupted()
+            try:
+                by_key[dask_future.key].result()
+            except Exception as exc:  # noqa: BLE001 - collected; the flow fails after the others finish
+                stop_if_interrupted()
+                failures.append(str(exc))
+        if failures:
+            raise TileFailed(f"{len(failures)} registration task(s) failed: " + "; ".join(failures[:3]))
+    summary = regularise_task.submit(job_path).result()
+    if summary.get("warning"):
+        logger.warning(summary["warning"])
+        warnings.warn(summary["warning"], pipelines.MisalignmentWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -286,5 +342,5 @@ def _run_survey_engine(rgb: str, target: str, out: str, config: pipelines.JobCon
 
 
 __all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
-           "prepare_job", "tile_task", "finish_job", "planned_config"]
+           "prepare_job", "estimate_task", "regularise_task", "tile_task", "finish_job", "planned_config"]
 

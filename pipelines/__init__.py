@@ -1,11 +1,12 @@
 """One super-resolution job, engine-agnostic (see ARCHITECTURE.md): ``prepare`` -> ``run_tiles``
 (any number of calls, anywhere) -> ``finish``; ``superresolve`` does all of it in-process."""
 
-from .config import METHODS, STITCH_MODES, JobConfig
+from .config import METHODS, STITCH_MODES, JobConfig, SurveyRegistration
 from .job import (
     Job,
     JobBusy,
     JobOutputs,
+    MisalignmentWarning,
     StaleLockWarning,
     TileResult,
     finish,
@@ -13,7 +14,11 @@ from .job import (
     own_job,
     pending,
     prepare,
+    estimate_tiles,
+    pending_estimates,
     pretrain_survey,
+    register_survey,
+    regularise_survey,
     run_tile,
     run_tiles,
     superresolve,

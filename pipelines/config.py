@@ -12,6 +12,69 @@ STITCH_MODES = ("core", "feather")
 
 
 @dataclass(frozen=True)
+class SurveyRegistration:
+    """How a survey's per-tile guide registrations become one consistent field (``cmsr`` jobs whose
+    preset registers the guide; ``pipelines.registration_field``). Shifts are in target (LR) pixels.
+
+    Why a field: two orthomosaics made separately (ODM, Pix4D) are off by a smooth, slowly varying
+    shift; a tile alone can be fooled (little texture, a repetitive pattern, a spurious zoom), its
+    neighbours rarely all at once."""
+
+    smooth: bool = True
+    """Regularise across tiles (reject outliers, fill, smooth); False: every tile keeps its own
+    estimate, as a tile alone registers (the map and report are written either way)."""
+    min_valid_fraction: float = 0.1
+    """A tile's estimate counts only when this share of its LR read window (halo included) is valid
+    in the target and the RGB ..."""
+    min_valid_pixels: int = 400
+    """... and at least this many of its LR pixels are (20 x 20): a shift fitted on a sliver of
+    data (an edge tile mostly outside the mosaic, whose guide is filled flat there) is a guess."""
+    min_guide_texture: float = 0.004
+    """... and when the guide has this much texture on the LR grid (``RegistrationEstimate.guide_texture``:
+    mean |difference| of neighbouring pixels, normalised units): a flat guide (water, a roof, a
+    field) has no edges for the criterion to align."""
+    min_search_contrast: float = 0.02
+    """... and when the best whole-pixel shift beats the median of those searched by this share
+    (``RegistrationEstimate.search_contrast``): a flat criterion has no measurable minimum."""
+    max_zoom: float = 0.03
+    """Hard limit on the linear part: a scale change of more than this (3 %) along any direction
+    (shear included) is no orthomosaic misalignment but a failed fit (e.g. a 9 % zoom onto a
+    repeating pattern); the tile's estimate is rejected."""
+    max_rotation_deg: float = 2.0
+    """Hard limit on the rotation of the linear part, in degrees (likewise rejected)."""
+    neighbourhood: int = 1
+    """Tiles on each side that make a tile's neighbourhood (1: the 8 around it)."""
+    min_neighbours: int = 3
+    """A tile is judged against its neighbours only when at least this many have an accepted estimate."""
+    outlier_mads: float = 3.0
+    """An estimate deviating from its neighbours' median shift by more than this many robust
+    standard deviations (1.4826 x the neighbours' median absolute deviation) is an outlier ..."""
+    outlier_floor_px: float = 0.5
+    """... and by more than this many target pixels (neighbours that agree exactly must not make
+    every small difference an outlier)."""
+    smoothing_sigma_tiles: float = 1.0
+    """Gaussian smoothing of the field over the neighbourhood, sigma in tiles (0: none)."""
+    warn_margin_px: float = 0.5
+    """Warn when a shift comes within this many target pixels of the shift search's range
+    (``cmsr.config.Registration.search_px``): the misalignment may be more than it can find."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise ValueError(f"registration min_valid_fraction {self.min_valid_fraction}: expected 0..1")
+        if self.min_valid_pixels < 0:
+            raise ValueError(f"registration min_valid_pixels {self.min_valid_pixels}: expected >= 0")
+        if self.neighbourhood < 1 or self.min_neighbours < 1:
+            raise ValueError("registration neighbourhood and min_neighbours must be >= 1")
+        if min(self.min_guide_texture, self.min_search_contrast, self.max_zoom, self.max_rotation_deg,
+               self.outlier_mads, self.outlier_floor_px, self.smoothing_sigma_tiles, self.warn_margin_px) < 0:
+            raise ValueError("registration thresholds must be >= 0")
+
+    @classmethod
+    def from_value(cls, v: "SurveyRegistration | dict") -> "SurveyRegistration":
+        return v if isinstance(v, cls) else cls(**v)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Settings of one job. Frozen and JSON round-tripping (it travels in ``job.json``)."""
 
@@ -81,8 +144,13 @@ class JobConfig:
     """Also write, per target band, a ``guide_weight`` band after the output bands (0 = the target
     alone, 1 = the guide shaped this pixel; ``cmsr.guide_weight``), summarised in the report and
     shown in the quick-look. Tiles then store it beside their output, so it is part of the plan key."""
+    registration: SurveyRegistration = SurveyRegistration()
+    """The survey's guide registration field (method ``cmsr`` with a registering preset): every
+    tile registered first, made consistent across tiles, each tile trained with its field value;
+    written as ``<out stem>.registration.tif`` and summarised in the report."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "registration", SurveyRegistration.from_value(self.registration))
         if self.tile_fn is None and self.method not in METHODS:
             raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
         if self.warm_start and (self.method != "cmsr" or self.tile_fn):

@@ -41,6 +41,12 @@ class TileContext:
     band: int  # 0-based index among the job's target bands
     warm_start: str | None = None
     """Weight file the core fine-tunes this band from (``JobConfig.warm_start``), else None."""
+    survey_registration: bool = False
+    """The survey's registration field decides this tile's guide geometry (``registration``),
+    not the tile's own registration (``survey_registers``)."""
+    registration: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    """With ``survey_registration``: the (2, 3) affine of normalised coordinates the guide is read
+    through (float32 values); None: the guide as given."""
 
 
 TileFn = Callable[[np.ndarray, np.ndarray, int, TileContext], Any]
@@ -74,11 +80,15 @@ def core_batch_fn(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], s
 
         state = warm_start.load_state(ctx.warm_start)
         cfg = warm_start.finetune_config(cfg)
+    registrations = None
+    if ctx.survey_registration:
+        registrations = [None if c.registration is None else np.asarray(c.registration, dtype=np.float32)
+                         for c in contexts]
     results = cmsr.run_many(
         list(targets), list(guides), scale, cfg, method=ctx.config.method, seeds=[c.seed for c in contexts],
         device=ctx.config.device, target_range=ctx.target_range,
         guide_range=np.asarray(ctx.guide_range, dtype=np.float64), init_state=state,
-        guide_weight=ctx.config.write_guide_weight,
+        guide_weight=ctx.config.write_guide_weight, registrations=registrations,
     )
     if ctx.config.write_guide_weight:
         return [(r.image, dict(r.stats), r.guide_weight) for r in results]
@@ -132,6 +142,15 @@ def import_tile_fn(spec: str) -> TileFn:
 def uses_core(config: JobConfig, override: TileFn | None = None) -> bool:
     """Whether the job's tiles go through the core's own batch function (no custom function)."""
     return override is None and not config.tile_fn
+
+
+def survey_registers(config: JobConfig, override: TileFn | None = None) -> bool:
+    """Whether the job's tiles take their guide registration from the survey's field: the core's
+    ``cmsr`` whose config registers the guide (``JobConfig.registration`` says how the field is made)."""
+    if not uses_core(config, override) or config.method != "cmsr":
+        return False
+    cfg = cmsr_config(config)
+    return cfg.guide is not None and cfg.registration is not None
 
 
 def resolve(config: JobConfig, override: TileFn | None = None) -> TileBatchFn:

@@ -274,3 +274,37 @@ def test_run_with_guide_bands_on_a_multiband_ortho(shared_data, dask_processes, 
     assert report["config"]["guide_bands"] == [3, 2, 1]
     with rasterio.open(out) as ds, rasterio.open(folder / "L7_ETMs.tif") as l7:
         assert ds.count == 1 and ds.shape == l7.shape and ds.transform == l7.transform and ds.crs == l7.crs
+
+
+def test_registration_stage_runs_as_tasks_and_warns_once_in_the_driver(sample, dask_processes, tmp_path):
+    """A cmsr job (tiny budget) on an RGB moved 3.7 target px east: the registration stage runs on
+    the cluster's workers before the tiles, its field is the one made in-process, the map is
+    written beside the output, and the misalignment warning is said once, in this process."""
+    import warnings
+
+    import pipelines
+    from flows.cluster import ClusterSpec
+    from flows.survey import RunOptions, run_survey
+    from test_survey_registration import TINY_JOB, shifted_rgb
+
+    rgb = shifted_rgb(sample, tmp_path, 3.7 * 40.0, 0.0)
+    cfg = pipelines.JobConfig(method="cmsr", preset="fast", tile_size=96, halo=16, cmsr_overrides=TINY_JOB,
+                              quicklook=False)
+    out = tmp_path / "sr.tif"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = run_survey(rgb, str(sample["target"]), str(out), cfg,
+                           RunOptions(cluster=ClusterSpec(scheduler=dask_processes.address), tiles_per_task=3))
+    summary = state.result()
+    said = [str(w.message) for w in caught if issubclass(w.category, pipelines.MisalignmentWarning)]
+    assert len(said) == 1 and "at the limit of the shift search" in said[0]
+    assert summary["registration"] == str(tmp_path / "sr.registration.tif") and Path(summary["registration"]).exists()
+    flow_field = json.loads((Path(str(out) + ".work") / "registration" / "field.json").read_text())
+    here = pipelines.prepare(rgb, str(sample["target"]), str(tmp_path / "here.tif"), cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipelines.register_survey(here.job_path)
+    local_field = json.loads((Path(here.work_dir) / "registration" / "field.json").read_text())
+    assert flow_field["tiles"] == local_field["tiles"]
+    report = json.loads(Path(summary["report"]).read_text())
+    assert report["registration"]["warning"] == said[0] and said[0] in report["warnings"]

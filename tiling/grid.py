@@ -92,6 +92,21 @@ class Grid:
         return (math.hypot(a, d), math.hypot(b, e))
 
     @property
+    def metres_per_unit(self) -> float | None:
+        """Metres per CRS unit of a projected CRS (1.0 for UTM); None for a geographic or unknown one."""
+        if not self.crs:
+            return None
+        from rasterio.crs import CRS
+
+        c = CRS.from_user_input(self.crs)
+        if c.is_geographic:
+            return None
+        try:
+            return float(c.linear_units_factor[1])
+        except Exception:  # noqa: BLE001 - a CRS without linear units: say nothing in metres
+            return None
+
+    @property
     def is_north_up(self) -> bool:
         a, b, _, d, e, _ = self.transform
         return b == 0.0 and d == 0.0 and a > 0 and e < 0

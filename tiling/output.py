@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import rasterio
 import rasterio.shutil
+import rasterio.windows
 from rasterio.enums import Resampling
 
 from .files import atomic_output
@@ -36,6 +37,31 @@ def create_stitch_target(path: str, grid: Grid, count: int, descriptions: list[s
             dst.set_band_description(i + 1, descriptions[i])
             if units[i]:
                 dst.set_band_unit(i + 1, units[i])
+
+
+def write_bands(path: str, grid: Grid, descriptions: list[str], units: list[str],
+                rows_of: Callable[[range], np.ndarray], tags: Mapping[str, str] | None = None,
+                strip: int = 512) -> None:
+    """A tiled float32 GeoTIFF on ``grid`` (NaN nodata, deflate), written strip by strip from
+    ``rows_of(rows) -> (bands, len(rows), width)``, atomically: a map over a large grid never
+    exists as one array, and a reader never sees half a file."""
+    profile = dict(
+        driver="GTiff", width=grid.width, height=grid.height, count=len(descriptions), dtype="float32",
+        crs=grid.crs or None, transform=grid.affine, nodata=float("nan"), tiled=True, blockxsize=256,
+        blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+    )
+    with atomic_output(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for i, (d, u) in enumerate(zip(descriptions, units)):
+                dst.set_band_description(i + 1, d)
+                if u:
+                    dst.set_band_unit(i + 1, u)
+            if tags:
+                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            for r0 in range(0, grid.height, strip):
+                rows = range(r0, min(r0 + strip, grid.height))
+                block = np.asarray(rows_of(rows), dtype=np.float32)
+                dst.write(block, window=rasterio.windows.Window(0, r0, grid.width, len(rows)))
 
 
 def raised_cosine(n: int, start: int, core_start: int, core_end: int, halo: int) -> np.ndarray:

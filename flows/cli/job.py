@@ -34,7 +34,7 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
                stitch: str = "core", tile_fn: Optional[str] = None, warm_start: bool = False,
                guide_bands: Optional[str] = None, target_bands: Optional[str] = None,
                target_nodata: Optional[float] = None, rgb_nodata: Optional[float] = None,
-               write_guide_weight: bool = False) -> Any:
+               write_guide_weight: bool = False, registration_smoothing: bool = True) -> Any:
     """The ``pipelines.JobConfig`` of the command-line options; its own checks (method, stitch,
     ...) are the user's to fix, so they become :class:`UsageError`."""
     import pipelines
@@ -49,6 +49,7 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
             min_valid_fraction=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
             guide_bands=guide_selection, target_bands=target_selection, target_nodata=target_nodata,
             rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
+            registration=pipelines.SurveyRegistration(smooth=registration_smoothing),
         )
     except ValueError as exc:  # JobConfig.__post_init__ validates exactly these options
         raise UsageError(str(exc)) from None
@@ -105,4 +106,6 @@ def print_outputs(summary: dict, quiet: bool, as_json: bool) -> None:
         typer.echo(f"output:     {summary['cog']}")
         typer.echo(f"quick-look: {summary.get('quicklook')}")
         typer.echo(f"report:     {summary['report']}")
+        if summary.get("registration"):
+            typer.echo(f"registration map: {summary['registration']}")
         typer.echo(f"{summary['processed']} tile(s), {summary['reused']} reused, {summary['seconds']} s")

@@ -121,6 +121,11 @@ TARGET_BANDS = typer.Option(None, "--target-bands",
 WRITE_GUIDE_WEIGHT = typer.Option(False, "--write-guide-weight",
                                   help="Also write where the RGB was trusted: a guide_weight band (0 = the target "
                                        "alone, 1 = the guide shaped the pixel), shown in the quick-look.")
+REGISTRATION_SMOOTHING = typer.Option(
+    True, "--registration-smoothing/--no-registration-smoothing",
+    help="cmsr: make the tiles' guide registrations one consistent field (outliers rejected, gaps filled, "
+         "smoothed) before training; --no-registration-smoothing: every tile keeps its own. The field is "
+         "written as OUT.registration.tif either way.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary; errors only.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (no progress bar).")
 VERBOSE = typer.Option(False, "--verbose", "-v",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,7 +61,9 @@ def plan(
             n_workers = workers or auto_workers(len(active))
             if probe and active:
                 best = max(active, key=lambda t: t.valid_fraction)
-                per_tile = pipelines.run_tile(job.job_path, best.index).seconds
+                t0 = time.perf_counter()  # its guide registration (cmsr) is part of a tile's cost
+                pipelines.register_survey(job.job_path, [best.index])
+                per_tile = time.perf_counter() - t0 + pipelines.run_tile(job.job_path, best.index).seconds
                 source = f"measured on tile {best.index}"
             else:
                 side = job.plan.tile_size + 2 * job.plan.halo

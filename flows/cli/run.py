@@ -42,6 +42,7 @@ def run(
     guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
     target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
     write_guide_weight: bool = options.WRITE_GUIDE_WEIGHT,
+    registration_smoothing: bool = options.REGISTRATION_SMOOTHING,
     quiet: bool = options.QUIET, as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Super-resolve one survey: TARGET onto RGB's grid, written as a COG with a JSON report and a quick-look PNG."""
@@ -51,7 +52,8 @@ def run(
                             device=device, work_dir=work_dir, resume=resume, assume_crs=assume_crs,
                             min_valid=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
-                            rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight)
+                            rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
+                            registration_smoothing=registration_smoothing)
         summary = run_job(rgb, target, out, config, workers=workers, scheduler=scheduler, gpus=options.parse_gpus(gpus),
                           tiles_per_task=tiles_per_task, tile_timeout=tile_timeout, quiet=quiet, as_json=as_json,
                           retries=retries)

@@ -32,6 +32,7 @@ def submit(
     guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
     target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
     write_guide_weight: bool = options.WRITE_GUIDE_WEIGHT,
+    registration_smoothing: bool = options.REGISTRATION_SMOOTHING,
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Send a job to a Dask cluster or a Prefect deployment and print its flow run id (returns at once)."""
@@ -43,7 +44,8 @@ def submit(
             raise UsageError("give exactly one of --scheduler ADDR or --deployment NAME")
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
-                            rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight)
+                            rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
+                            registration_smoothing=registration_smoothing)
         from tiling.align import check_output_name
 
         check_output_name(str(out))

@@ -9,7 +9,8 @@ Modules, in the order a job uses them (each imports only those before it): ``own
 (``own_job``: one job per output and work dir at a time, lock files), ``records`` (Job,
 TileResult, JobOutputs and their files), ``tile_store`` (tile result files, resume, ``pending``),
 ``preparation`` (``prepare``), ``tile_inputs`` (a tile's windows, its answer masked back),
-``execute`` (``run_tiles``/``run_tile``/``pretrain_survey``), ``outputs`` (``finish``: stitch,
+``registration`` (the survey's registration field: ``estimate_tiles``, ``regularise_survey``,
+``register_survey``), ``execute`` (``run_tiles``/``run_tile``/``pretrain_survey``), ``outputs`` (``finish``: stitch,
 COG, report, quick-look). Module names differ from the functions they hold, so
 ``pipelines.job.prepare`` is always the function.
 """
@@ -23,6 +24,8 @@ from .outputs import finish, write_job_quicklook
 from .ownership import JobBusy, StaleLockWarning, own_job
 from .preparation import prepare
 from .records import Job, JobOutputs, TileResult, load_job
+from .registration import (MisalignmentWarning, estimate_tiles, pending_estimates, register_survey,
+                           regularise_survey)
 from .tile_store import pending
 
 
@@ -33,6 +36,7 @@ def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = Non
     config = config or JobConfig()
     with own_job(out, config.work_dir_for(out), rgb=rgb, target=target):
         job = prepare(rgb, target, out, config)
+        register_survey(job.job_path)
         pretrain_survey(job.job_path)
         results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
         return finish(job.job_path, results)
@@ -41,5 +45,6 @@ def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = Non
 __all__ = [
     "Job", "JobConfig", "JobOutputs", "TileResult", "prepare", "load_job", "run_tile", "run_tiles",
     "tiles_per_batch", "pending", "pretrain_survey", "warm_start_paths", "finish", "write_job_quicklook",
-    "superresolve", "own_job", "JobBusy", "StaleLockWarning",
+    "superresolve", "own_job", "JobBusy", "StaleLockWarning", "MisalignmentWarning", "estimate_tiles",
+    "pending_estimates", "regularise_survey", "register_survey",
 ]

@@ -19,6 +19,7 @@ from tiling.files import atomic_output
 
 from .. import tilefn
 from .records import Job, TileResult, load_job
+from .registration import tile_registrations
 from .tile_inputs import finish_tile_band, read_tile_inputs
 from .tile_store import TileRecomputed, check_tile, reused, tile_planes, write_skipped, write_tile_result
 
@@ -84,13 +85,23 @@ def tiles_per_batch(job: Job, count: int, tile_fn: tilefn.TileFn | None = None) 
                                   job.config.device, guide_channels=len(job.guide_bands), scale=job.plan.scale)
 
 
+def _takes_field(job: Job, batch_fn: tilefn.TileBatchFn) -> bool:
+    """Whether tiles run by ``batch_fn`` take the survey's registration field: the core's own batch
+    function on a job that registers (a custom function never sees it)."""
+    return batch_fn is tilefn.core_batch_fn and tilefn.survey_registers(job.config)
+
+
 def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
                weights: Sequence[str | None]) -> list[TileResult]:
     """Tiles ``indices`` (none reused or skipped) through ``batch_fn``, band by band -> result files.
 
-    Tile ``i`` gets seed ``seed + i`` whatever batch it is in. ``seconds`` and ``fn_seconds``
-    of each result are its share of the batch's."""
+    Tile ``i`` gets seed ``seed + i`` whatever batch it is in, and (the core's batch function on
+    a job that registers) its affine from the survey's registration field. ``seconds`` and
+    ``fn_seconds`` of each result are its share of the batch's."""
     t0 = time.perf_counter()
+    survey_registration = _takes_field(job, batch_fn)
+    affines = tile_registrations(job, indices) if survey_registration else [None] * len(indices)
+    registrations = [None if a is None else (tuple(a[0]), tuple(a[1])) for a in affines]
     inputs = [read_tile_inputs(job, i) for i in indices]
     n = len(job.target_bands)
     planes = tile_planes(job)  # the output bands, then (write_guide_weight) their guide weights
@@ -99,7 +110,8 @@ def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
     fn_seconds = 0.0
     for b in range(len(job.target_bands)):
         contexts = [tilefn.TileContext(job.config, job.target_range[b], job.guide_range, job.config.seed + i, i, b,
-                                       weights[b]) for i in indices]
+                                       weights[b], survey_registration, reg)
+                    for i, reg in zip(indices, registrations)]
         tf = time.perf_counter()
         res = batch_fn([inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, contexts)
         fn_seconds += time.perf_counter() - tf
@@ -120,7 +132,8 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
     """Tiles ``indices`` of the job, in batches of ``tiles_per_batch``; one ``TileResult`` each, in order.
 
     A finished tile (resume) is returned as found, a skipped one marked done; the rest go through
-    the job's batch function (``tile_fn``, a per-tile function, replaces it for this call). A
+    the job's batch function (``tile_fn``, a per-tile function, replaces it for this call); a job
+    whose tiles take the survey's registration field needs it made first (``register_survey``). A
     result on disk that fails its check (damaged, truncated, unreadable) is computed again, with
     a ``TileRecomputed`` warning naming the tile and why. Each tile's result is written atomically
     as soon as its batch is done, so an interrupted call keeps every finished batch."""
@@ -150,6 +163,8 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
             missing = [p for p in weights if not os.path.exists(p)]
             if missing:
                 raise RuntimeError(f"warm start weights {missing[0]} are missing: run pipelines.pretrain_survey first")
+        if _takes_field(job, batch_fn):
+            tile_registrations(job, [])  # the field must exist before any tile trains
         size = tiles_per_batch(job, len(todo), tile_fn)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]

@@ -17,6 +17,7 @@ from tiling.grid import Window
 
 from ..config import JobConfig
 from .records import Job, JobOutputs, TileResult, load_job, write_json
+from .registration import load_field, map_path, write_registration_map
 from .tile_store import UnfinishedTiles, check_tile
 
 GUIDE_WEIGHT_MEANING = ("share of the pixel the RGB guide was allowed to shape: 0 = the target alone "
@@ -61,7 +62,7 @@ def _remove_debris(job: Job) -> None:
     only: the folder is the user's), and anywhere in the work dir and its tiles (the job's own);
     also ``stitched.tif``, the scratch mosaic older versions kept under that fixed name."""
     out_dir = os.path.dirname(os.path.abspath(job.out))
-    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path)}
+    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path, map_path(job))}
     files.remove_stale_temps(out_dir, names)
     files.remove_stale_temps(job.work_dir)
     files.remove_stale_temps(os.path.join(job.work_dir, "tiles"))
@@ -113,7 +114,8 @@ def _finished_tiles(job: Job, job_path: str, results: list[TileResult] | None) -
 
 
 def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs:
-    """Stitch the tiles by windows -> COG (temp + rename) -> JSON report -> quick-look PNG.
+    """Stitch the tiles by windows -> COG (temp + rename) -> JSON report -> quick-look PNG, and
+    (a job with a survey registration field) ``<out stem>.registration.tif``.
 
     Every tile's result is checked (checksum, size, layout) before anything is stitched: a tile
     damaged after its run is never in the output. Raises ``UnfinishedTiles`` naming the tiles
@@ -161,8 +163,16 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         write_job_quicklook(job, quick)
     report = _report(job, all_results, {"stitch": t_stitch, "cog": t_cog, "finish": time.perf_counter() - t0}, seams)
     report["guide_weight"] = guide_weight_summary(job.out, n, descriptions[:n]) if weights else None
+    field = load_field(job)
+    report["registration"] = None
+    registration_map = None
+    if field is not None:  # the survey's registration field (cmsr): its map beside the output
+        registration_map = write_registration_map(job)
+        report["registration"] = field["summary"]
+        if field["summary"].get("warning"):
+            report["warnings"].append(field["summary"]["warning"])
     write_json(job.report_path, report, indent=1)
-    return JobOutputs(job.out, job.report_path, quick)
+    return JobOutputs(job.out, job.report_path, quick, registration_map)
 
 
 def _preset_name(cfg: JobConfig) -> str:

@@ -20,9 +20,10 @@ from tiling import align, borders, output, rasters
 from tiling.plan import make_plan
 from tiling.errors import InputWarning, InvalidInput
 
+from .. import tilefn
 from ..config import JobConfig
 from .records import JOB_FORMAT, Job, load_job, package_version, save_npy, write_job
-from .tile_store import clear_tiles
+from .tile_store import clear_registration, clear_tiles
 
 #: how each band option is spelled on the command line (``cmsr run``): 1-based numbers, commas
 BAND_OPTIONS = {"RGB": ("--guide-bands", "--guide-bands 3,2,1"), "target": ("--target-bands", "--target-bands 1")}
@@ -138,10 +139,13 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
 
         checksums = {rgb_info.path: rasters.sha256_file(rgb_info.path),
                      tgt_info.path: rasters.sha256_file(tgt_info.path)}
+        result_fields = config.result_fields()
+        if not tilefn.survey_registers(config):  # its tiles do not use the field: the key they always had
+            result_fields.pop("registration")
         key_src = {
             "format": JOB_FORMAT, "version": package_version(),
             "inputs": [checksums[rgb_info.path], checksums[tgt_info.path]],
-            "config": config.result_fields(), "guide_bands": guide_bands, "target_bands": target_bands,
+            "config": result_fields, "guide_bands": guide_bands, "target_bands": target_bands,
             "hr": hr.to_dict(), "scale": s, "tile": geometry.tile_size, "halo": geometry.halo,
         }
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -149,6 +153,7 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         job_path = os.path.join(work_dir, "job.json")
         if not config.resume:
             clear_tiles(work_dir)  # start over: pending() then lists every tile
+            clear_registration(work_dir)
         elif os.path.exists(job_path):
             try:
                 old = load_job(job_path)

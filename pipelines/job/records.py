@@ -146,6 +146,7 @@ class JobOutputs:
     cog: str
     report: str
     quicklook: str | None
+    registration: str | None = None  # the survey registration map (a cmsr job that registers), else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -190,6 +190,22 @@ def write_tile_result(job: Job, spec: TileSpec, out: np.ndarray, band_stats: lis
     return result
 
 
+REGISTRATION_DIR = "registration"
+"""Work dir folder of the survey registration stage (``registration``): per-tile estimates + the field."""
+
+
+def clear_registration(work_dir: str) -> None:
+    """Remove the survey registration stage's files (``<i>.json``, ``field.json``; start over),
+    leaving anything else alone."""
+    d = os.path.join(work_dir, REGISTRATION_DIR)
+    if not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        stem, _, ext = name.partition(".")
+        if ext == "json" and (stem.isdigit() or stem == "field"):
+            os.unlink(os.path.join(d, name))
+
+
 def clear_tiles(work_dir: str) -> None:
     """Remove this pipeline's tile results (``<n>.npy``/``<n>.json``) from ``work_dir/tiles``
     (start over), leaving anything else there alone."""
