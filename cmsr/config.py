@@ -177,6 +177,13 @@ class Registration:
     min_px: float = 0.5
     """Keep the guide as given when the registration moves it by less than this many HR pixels on
     average: a sub-pixel correction bought nothing measurable and bilinear resampling softens it."""
+    translation_fallback: bool = True
+    """Also descend on the shift alone (the linear part fixed at the identity) and keep that when its
+    criterion is no worse than the whole affine's. Why: the affine's 6 parameters are poorly
+    determined by a cross-modal criterion, and its descent can end in a worse minimum than the
+    shift alone (a spurious 9 % zoom or 16 % squeeze on 2 of the 16 thermal dev pairs; a pasted
+    object moved 3 of 26 pasted-object draws' registrations by 4-8 px). No threshold: the lower
+    criterion wins. Costs a second descent (the shift search is shared). False: the affine alone."""
 
     def __post_init__(self) -> None:
         if self.descent_iters < 1 or self.search_px < 0:

@@ -7,7 +7,11 @@ residual of a *local linear fit* of the target by the warped guide: the guided f
 of the target with the warped guide as its guide reproduces the target well exactly where the
 guide's edges sit on the target's. It is minimised over the guide's global affine, after a search
 over whole-pixel shifts (a descent alone stalls on the weak signal a few pixels away), coarse to
-fine on the target's grid /4, /2 and /1 (the guide resized to each).
+fine on the target's grid /4, /2 and /1 (the guide resized to each). The descent is run twice from
+the searched shift, once for the shift alone and once for the whole affine, and the affine is kept
+only when it ends with the lower criterion: on 2 of the 16 thermal dev pairs the affine's descent
+ends in a worse minimum than the shift alone (a 9 % zoom, a 16 % squeeze), and a pasted object can
+tip a pair into one (benchmarks/RESULTS.md, issue 14 part 2).
 
 A survey registers every tile first (``estimate``: the fit plus how far it can be trusted), makes
 one consistent field of them (``pipelines``) and hands each tile its affine back
@@ -16,6 +20,7 @@ one consistent field of them (``pipelines``) and hands each tile its affine back
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +136,32 @@ def _fit(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: tor
             warp.affine[:, 2] = best_t
         median = float(np.median(searched))
         contrast = (median - min(searched)) / median if median > 0 else 0.0
+    if not settings.translation_fallback:
+        losses = _descend(warp, g0, tgt0, m0, settings, fit_loss, linear=True)
+        return _FitTrace(losses, contrast)
+    searched_affine = warp.affine.detach().clone()
+    shift_losses = _descend(warp, g0, tgt0, m0, settings, fit_loss, linear=False)
+    shift_only = warp.affine.detach().clone()
+    full_res = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
+    with torch.no_grad():
+        shift_error = float(fit_loss(full_res[0], tgt0, m0, full_res[1]))
+        warp.affine.copy_(searched_affine)
+    losses = _descend(warp, g0, tgt0, m0, settings, fit_loss, linear=True)
+    with torch.no_grad():
+        if shift_error <= float(fit_loss(full_res[0], tgt0, m0, full_res[1])):
+            warp.affine.copy_(shift_only)  # the affine's descent ended no better than the shift alone
+            losses = shift_losses
+    return _FitTrace(losses, contrast)
+
+
+def _descend(warp: AffineWarp, g0: torch.Tensor, tgt0: torch.Tensor, m0: torch.Tensor, settings: Registration,
+             fit_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+             linear: bool) -> list[float]:
+    """Adam on ``warp.affine`` coarse to fine (the LR grid /4, /2, /1) from where it stands; with
+    ``linear`` False only its translation moves (the linear part's gradient is zeroed, so Adam
+    leaves it exactly as it is). The final loss of each level."""
+    radius = settings.radius
+    h, w = tgt0.shape
     opt = torch.optim.Adam([warp.affine], lr=settings.learning_rate)
     losses: list[float] = []
     for div in (4, 2, 1):
@@ -140,13 +171,15 @@ def _fit(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: tor
         tgt = tgt0 if div == 1 else imresize_torch(tgt0, output_shape=(hh, ww))
         msk = m0 if div == 1 else (imresize_torch(m0, output_shape=(hh, ww)) > 0.999).to(torch.float32)
         gl = imresize_torch(g0, output_shape=(hh, ww))
-        pts = pixel_centers(hh, ww, dev)
-        loss = torch.zeros((), device=dev)
+        pts = pixel_centers(hh, ww, tgt0.device)
+        loss = torch.zeros((), device=tgt0.device)
         for _ in range(int(settings.descent_iters)):
             loss = fit_loss(gl, tgt, msk, pts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if not linear:
+                warp.affine.grad[:, :2] = 0.0  # type: ignore[index]
             opt.step()
         losses.append(float(loss.detach()))
     warp.zero_grad(set_to_none=True)
-    return _FitTrace(losses, contrast)
+    return losses
