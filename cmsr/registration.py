@@ -119,8 +119,9 @@ def _fit(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: tor
 
     search = settings.search_px
     contrast: float | None = None
+    full_guide, full_pts = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
     if search > 0:
-        gl, pts = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
+        gl, pts = full_guide, full_pts
         start = warp.affine.detach().clone()
         best, best_t = float("inf"), start[:, 2].clone()
         shifts = sorted(((dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)),
@@ -142,13 +143,12 @@ def _fit(warp: AffineWarp, guide: torch.Tensor, target: torch.Tensor, valid: tor
     searched_affine = warp.affine.detach().clone()
     shift_losses = _descend(warp, g0, tgt0, m0, settings, fit_loss, linear=False)
     shift_only = warp.affine.detach().clone()
-    full_res = imresize_torch(g0, output_shape=(h, w)), pixel_centers(h, w, dev)
     with torch.no_grad():
-        shift_error = float(fit_loss(full_res[0], tgt0, m0, full_res[1]))
+        shift_error = float(fit_loss(full_guide, tgt0, m0, full_pts))
         warp.affine.copy_(searched_affine)
     losses = _descend(warp, g0, tgt0, m0, settings, fit_loss, linear=True)
     with torch.no_grad():
-        if shift_error <= float(fit_loss(full_res[0], tgt0, m0, full_res[1])):
+        if shift_error <= float(fit_loss(full_guide, tgt0, m0, full_pts)):
             warp.affine.copy_(shift_only)  # the affine's descent ended no better than the shift alone
             losses = shift_losses
     return _FitTrace(losses, contrast)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cmsr.config import CMSRConfig
+from cmsr.config import CMSRConfig, Registration
 from cmsr.inputs import prepare_tiles
 from cmsr.registration import fit_affine, register
 from cmsr.warp import AffineWarp
@@ -34,8 +34,7 @@ def _pair(shared_data: Path, scene: str, rotate_deg: float = 0.0) -> tuple[torch
 def _criterion(affine: torch.Tensor, guide: torch.Tensor, lr: torch.Tensor, valid: torch.Tensor) -> float:
     """The registration's own full-resolution criterion at ``affine`` (no descent: zero iterations
     are not allowed, so one step of learning rate 0)."""
-    settings = CMSRConfig.preset("best").registration.__class__(search_px=0, descent_iters=1, learning_rate=0.0,
-                                                               translation_fallback=False)
+    settings = Registration(search_px=0, descent_iters=1, learning_rate=0.0, translation_fallback=False)
     warp = AffineWarp(affine)
     return fit_affine(warp, guide, lr, valid, settings)[-1]
 
@@ -47,7 +46,7 @@ def test_the_shift_alone_is_kept_where_the_affine_descent_ends_worse(shared_data
     guide, lr, valid = _pair(shared_data, "310")
     settings = CMSRConfig.preset("best").registration
     chosen = register(guide, lr, valid, SCALE, settings)
-    affine_only = register(guide, lr, valid, SCALE, settings.__class__(translation_fallback=False))
+    affine_only = register(guide, lr, valid, SCALE, Registration(translation_fallback=False))
     assert chosen is not None and affine_only is not None
     assert torch.equal(chosen[:, :2], torch.eye(2)), chosen
     assert abs(float(affine_only[1, 1]) - 1.0) > 0.05  # the spurious squeeze the fallback replaces
