@@ -394,16 +394,17 @@ def main() -> None:
     S.section("amp_quality", amp_quality, 60)
 
     def warm() -> dict:
-        from cmsr.warm_start import WarmStartConfig, finetune_config, pretrain
+        from cmsr.survey_model import SurveyLearning, learn, tile_config
 
-        ws = WarmStartConfig(finetune_iters=16, finetune_min_iters=8) if smoke else WarmStartConfig()
+        ws = SurveyLearning(finetune_iters=16, finetune_min_iters=8) if smoke else SurveyLearning()
         t = time.perf_counter()
-        state = pretrain(data["lrs"][:kmax], [g.clamp(0.0, 1.0) for g in data["guides"][:kmax]],
-                         data["valids"][:kmax], 4, cfg0, seed=0, device=dev, warm=ws)
+        model = learn(data["lrs"][:kmax], [g.clamp(0.0, 1.0) for g in data["guides"][:kmax]],
+                      data["valids"][:kmax], 4, cfg0, seed=0, device=dev, learning=ws)
+        state = model.weights
         _sync(dev)
         t_pre = time.perf_counter() - t
         k = max(kk for kk in ks if kk in scratch_psnr) if scratch_psnr else kmax
-        r = full(k, cfg=finetune_config(cfg0, ws), init=state)
+        r = full(k, cfg=tile_config(cfg0, model, ws), init=state)
         r["pretrain_s"] = round(t_pre, 2)
         if k in scratch_psnr:
             r["dpsnr_vs_scratch"] = round(float(np.mean(r["psnr"]) - np.mean(scratch_psnr[k])), 4)

@@ -6,8 +6,7 @@ Sub-commands (each prints a table and writes JSON/CSV under ``benchmarks/out/``)
   without :func:`cmsr.runtime.allocator_env`, alternating, medians of ``--repeats``; checks the
   outputs are bit-identical.
 * ``pair`` -- one 320x240 dev pair at the paper preset from scratch (time, iterations, PSNR).
-* ``warm`` -- survey warm start vs per-tile training from scratch on the dev pairs and on
-  Sentinel-2 tiles: seconds per tile and PSNR.
+* (survey learning vs per-tile training: ``benchmarks/survey.py``)
 * ``grid`` -- tiles per minute and PSNR for {scratch, warm} x K in {1, 4, 16, 64} with
   :func:`cmsr.train.train` (small Sentinel-2 tiles and a reduced budget: the full grid at
   the paper preset would take hours on 2 shared cores; the flags say which).
@@ -230,80 +229,11 @@ def cmd_pair(args: argparse.Namespace) -> None:
     _write(f"pair_{args.preset}_t{args.threads}", rows, {"median_seconds": med})
 
 
-# --- warm start vs scratch ----------------------------------------------------------------------
-def cmd_warm(args: argparse.Namespace) -> None:
-    from cmsr.runtime import configure_allocator
-    from cmsr.train import train
-    from cmsr.warm_start import WarmStartConfig, finetune_config, pick_representatives, pretrain
-
-    configure_allocator()
-    torch.set_num_threads(args.threads)
-    cfg = CMSRConfig.preset(args.preset)
-    if args.dataset == "dev":
-        names = pair_names()
-        data = [load_pair(n) for n in names]
-        lrs = [d[0] for d in data]
-        guides = [d[1] for d in data]
-        valids = [torch.ones_like(d[0], dtype=torch.bool) for d in data]
-
-        def score(img: torch.Tensor, i: int) -> float:
-            return psnr(np.clip(img.numpy() * 255.0, 0, 255), data[i][2])
-    else:
-        cfg = cfg.replace(degradation="area")
-        lrs, guides, valids, truths = sentinel_tiles(args.tile, args.tile)
-
-        def score(img: torch.Tensor, i: int) -> float:
-            return float_psnr(img.numpy(), truths[i])
-    warm = WarmStartConfig(representatives=args.representatives, finetune_iters=args.finetune_iters,
-                           finetune_min_iters=args.finetune_min_iters,
-                           finetune_learning_rate=args.finetune_lr)
-    reps = pick_representatives(lrs, valids, warm.representatives)
-    evals = [i for i in range(len(lrs)) if i not in reps][args.eval_offset: args.eval_offset + args.eval_tiles]
-    print(f"{args.dataset}: {len(lrs)} tiles, representatives {reps}, evaluating {evals}", flush=True)
-    t0, c0 = time.perf_counter(), time.process_time()
-    state = pretrain([lrs[i] for i in reps], [guides[i] for i in reps], [valids[i] for i in reps], 4, cfg,
-                     seed=0, warm=WarmStartConfig(representatives=len(reps)))
-    t_pre = time.perf_counter() - t0
-    c_pre = time.process_time() - c0
-    print(f"pretrain on {len(reps)} tiles: {t_pre:.1f} s ({c_pre:.1f} CPU s)", flush=True)
-    ft = finetune_config(cfg, warm)
-    rows = []
-    for i in evals:
-        one = ([lrs[i]], [guides[i]], [valids[i]])
-        t0, c0 = time.perf_counter(), time.process_time()
-        ws = train(*one, 4, ft, seeds=[i], init_state=state)[0]
-        t_w = time.perf_counter() - t0
-        row = {"dataset": args.dataset, "tile": i, "threads": args.threads, "warm_s": t_w,
-               "warm_cpu_s": time.process_time() - c0,
-               "warm_iters": ws.stats["iterations"], "warm_psnr": score(ws.image, i)}
-        if not args.skip_scratch:
-            t0, c0 = time.perf_counter(), time.process_time()
-            sc = train(*one, 4, cfg, seeds=[i])[0]
-            row.update(scratch_s=time.perf_counter() - t0, scratch_cpu_s=time.process_time() - c0,
-                       scratch_iters=sc.stats["iterations"], scratch_psnr=score(sc.image, i))
-            row["speedup"] = row["scratch_s"] / row["warm_s"]
-            row["speedup_cpu"] = row["scratch_cpu_s"] / row["warm_cpu_s"]
-            row["dpsnr"] = row["warm_psnr"] - row["scratch_psnr"]
-        rows.append(row)
-        print(row, flush=True)
-    summary = {"pretrain_s": t_pre, "pretrain_cpu_s": c_pre, "representatives": reps, "warm": warm.__dict__, "preset": args.preset}
-    if rows and "scratch_s" in rows[0]:
-        summary.update(
-            median_speedup=statistics.median(r["speedup"] for r in rows),
-            median_speedup_cpu=statistics.median(r["speedup_cpu"] for r in rows),
-            mean_dpsnr=float(np.mean([r["dpsnr"] for r in rows])),
-            total_speedup=sum(r["scratch_s"] for r in rows) / sum(r["warm_s"] for r in rows),
-        )
-        print(f"warm start: x{summary['median_speedup']:.2f} faster per tile (median), mean dPSNR "
-              f"{summary['mean_dpsnr']:+.3f} dB")
-    _write(f"warm_{args.dataset}_{args.preset}{args.suffix}", rows, summary)
-
-
 # --- the K grid ---------------------------------------------------------------------------------
 def cmd_grid(args: argparse.Namespace) -> None:
     from cmsr.runtime import configure_allocator
     from cmsr.train import train
-    from cmsr.warm_start import WarmStartConfig, finetune_config, pretrain
+    from cmsr.survey_model import SurveyLearning, learn, tile_config
 
     configure_allocator()
     torch.set_num_threads(args.threads)
@@ -312,14 +242,15 @@ def cmd_grid(args: argparse.Namespace) -> None:
         cfg = cfg.replace(max_iters=args.max_iters, min_iters=min(cfg.min_iters, args.max_iters // 2))
     kmax = max(args.ks)
     lrs, guides, valids, truths = sentinel_tiles(args.tile, args.stride, count=kmax)
-    warm = WarmStartConfig(finetune_iters=args.finetune_iters, finetune_min_iters=args.finetune_iters // 3)
+    warm = SurveyLearning(finetune_iters=args.finetune_iters, finetune_min_iters=args.finetune_iters // 3)
     t0 = time.perf_counter()
-    state = pretrain(lrs, guides, valids, 4, cfg, seed=0, warm=warm)
+    model = learn(lrs, guides, valids, 4, cfg, seed=0, learning=warm)
+    state = model.weights
     t_pre = time.perf_counter() - t0
     rows = []
     for mode in ("scratch", "warm"):
         for k in args.ks:
-            c = cfg if mode == "scratch" else finetune_config(cfg, warm)
+            c = cfg if mode == "scratch" else tile_config(cfg, model, warm)
             init = None if mode == "scratch" else state
             secs, cpus = [], []
             for _ in range(args.repeats):
@@ -356,19 +287,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--allocator", action=argparse.BooleanOptionalAction, default=True)
-    w = sp.add_parser("warm")
-    w.add_argument("--dataset", choices=["dev", "sentinel"], default="dev")
-    w.add_argument("--preset", default="paper")
-    w.add_argument("--tile", type=int, default=100)
-    w.add_argument("--representatives", type=int, default=2)
-    w.add_argument("--finetune-iters", type=int, default=160)
-    w.add_argument("--finetune-min-iters", type=int, default=60)
-    w.add_argument("--finetune-lr", type=float, default=None)
-    w.add_argument("--eval-tiles", type=int, default=4)
-    w.add_argument("--eval-offset", type=int, default=0, help="skip this many evaluation tiles")
-    w.add_argument("--skip-scratch", action="store_true")
-    w.add_argument("--threads", type=int, default=1)
-    w.add_argument("--suffix", default="")
     g = sp.add_parser("grid")
     g.add_argument("--preset", default="paper")
     g.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -379,7 +297,7 @@ def main() -> None:
     g.add_argument("--repeats", type=int, default=1)
     g.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    {"allocator": cmd_allocator, "pair": cmd_pair, "warm": cmd_warm, "grid": cmd_grid}[args.cmd](args)
+    {"allocator": cmd_allocator, "pair": cmd_pair, "grid": cmd_grid}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
     The learned methods train all tiles as one batched computation (``max_batch`` at a time;
     default all), each with its own seed, and a tile's result does not depend on its neighbours.
     ``target_range`` / ``guide_range``: survey-level normalisation (per tile when None).
-    ``init_state``: survey warm-start weights (``cmsr.warm_start``), with ``config`` then the
-    fine-tune config. ``progress(tile, iteration, error, lr)`` at every reconstruction check.
+    ``init_state``: a survey model's weights (``cmsr.survey_model``), with ``config`` then its
+    ``tile_config``. ``progress(tile, iteration, error, lr)`` at every reconstruction check.
     ``guide_weight``: each result also carries its guide weight map (see :class:`SRResult`).
     ``registrations`` (method ``cmsr`` with a guide branch): per tile a (2, 3) affine of normalised
     coordinates (``RegistrationEstimate.affine``, e.g. from a survey's consistent field) or None
@@ -129,7 +129,7 @@ def run_many(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray | None],
         per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
         for t, tr in zip(tiles, trained):
             stats = {"method": method, "scale": s, **t.notes, **{k: v for k, v in tr.stats.items() if k != "seconds"},
-                     "train_seconds": tr.stats.get("seconds"), "warm_start": init_state is not None,
+                     "train_seconds": tr.stats.get("seconds"), "survey_model": init_state is not None,
                      "seconds": round(per_tile, 3)}
             image = restore(t, tr.image, s)
             weight = _masked_weight(tr.guide_weight, image) if guide_weight else None

@@ -209,6 +209,29 @@ class _Tile:
         self.schedule = LearningRatePolicy(config)
 
 
+def _tile_base(tile: _Tile, config: CMSRConfig) -> FixedBase:
+    """The base ``tile`` trains over: ``config.base``, or an auto base's choice on the registered guide."""
+    return choose_base(tile.lr, tile.valid, config.base, tile.guide.at_lr_centres() if tile.guide else None,
+                       config.degradation)
+
+
+def choose_bases(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], valids: Sequence[torch.Tensor],
+                 scale: int, config: CMSRConfig, *, device: str | torch.device = "cpu",
+                 registrations: Sequence[torch.Tensor | np.ndarray | None] | None = None) -> list[FixedBase]:
+    """The base each tile would train over in :func:`train` (same registration, same choice), without
+    training: what a survey-level decision votes on (``cmsr.survey_model``)."""
+    n = len(lrs)
+    given = _given_registrations(registrations, n)
+    policy = device_policy(device, "off")
+    out = []
+    for i in range(n):
+        check_inputs(lrs[i], guides[i], valids[i], int(scale))
+        guide = guides[i] if config.guide is not None else None
+        t = _Tile(lrs[i], guide, valids[i], 0, int(scale), config, policy, None if given is None else given[i])
+        out.append(_tile_base(t, config))
+    return out
+
+
 class BatchWarp:
     """The warps of a batch's tiles as one vmapped computation: learned (packed with Adam) or frozen."""
 
@@ -294,8 +317,7 @@ def _train_batch(lrs: list[torch.Tensor], guides: list[torch.Tensor | None], val
         for t in tiles:
             t.schedule = LearningRatePolicy(config)
         if not bases:  # each tile's base, decided once before training (warp as registered)
-            bases = [choose_base(t.lr, t.valid, config.base, t.guide.at_lr_centres() if t.guide else None,
-                                 config.degradation) for t in tiles]
+            bases = [_tile_base(t, config) for t in tiles]
         check = reconstruction_check(tiles, bases, factor, config)
         sources = [(base, torch.stack([torch.stack([t.sources[j][1], t.sources[j][2].to(torch.float32)])
                                        for t in tiles]))
