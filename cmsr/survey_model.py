@@ -28,6 +28,7 @@ from . import model as M
 from .config import AutoBase, CMSRConfig, FixedBase
 from .errors import InvalidInput
 from .inputs import check_scale, prepare_tiles
+from .registration import register
 from .train import choose_bases, load_init_state, train
 
 FORMAT = "cmsr.survey_model"
@@ -174,14 +175,21 @@ def learn(lrs: Sequence[torch.Tensor], guides: Sequence[torch.Tensor | None], va
        the survey base for its share of ``iterations_per_stage`` (the weights carried over from one
        to the next; no self-ensemble: the stage outputs only serve as the next stage's fathers).
     ``registrations``: per tile (the caller's list) an affine or None, e.g. the survey's field;
-    None: each sample tile registers itself. ``progress(done, total)`` after each sample tile.
+    None: each sample tile's own (``config.registration``), estimated once and used for both the base
+    choice and the training. ``progress(done, total)`` after each sample tile.
     """
     if not lrs:
         raise ValueError("survey learning needs at least one tile")
     if config.guide is None:
         guides = [None] * len(lrs)
     picks = stratified_sample(lrs, valids, learning.sample_tiles, learning.min_valid_fraction)
-    regs = None if registrations is None else [registrations[i] for i in picks]
+    if registrations is not None:
+        regs: list | None = [registrations[i] for i in picks]
+    elif config.guide is not None and config.registration is not None:  # once per tile, not per use
+        regs = [register(guides[i], lrs[i], valids[i].to(torch.bool), scale, config.registration)  # type: ignore[arg-type]
+                for i in picks]
+    else:
+        regs = None
     chosen = choose_bases([lrs[i] for i in picks], [guides[i] for i in picks], [valids[i] for i in picks], scale,
                           config, device=device, registrations=regs)
     base = vote_base(config, chosen, [float(valids[i].float().sum()) for i in picks])
