@@ -301,6 +301,10 @@ class CMSRConfig:
     """8-way geometric self-ensemble (4 rotations x flip), pixel-wise median."""
     back_projection_rounds: int = 6
     """Back-projection rounds on every ensemble member and on the median, after each stage."""
+    gate_reference_ensemble: bool = True
+    """With a guide gate: self-ensemble the gate's reference run (the network without F_g) as well.
+    False: one member, which halves the gate's extra inference (it is ~1/4 of a fine-tuned 512-px
+    tile's CPU time; benchmarks/RESULTS.md, issue 12 item 4)."""
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -44,18 +44,20 @@ def infer_stage(weights: M.Params, lr: torch.Tensor, guide: TileGuide | None, fa
     if g is None or config.guide_gate is None or not M.has_guide_branch(weights):
         return y
     without_guide = {k: v for k, v in weights.items() if not k.startswith("g.")}
-    reference = _ensemble(without_guide, lr, None, factor, config, BACK_PROJECTED)
+    reference = _ensemble(without_guide, lr, None, factor, config, BACK_PROJECTED,
+                          members=8 if config.self_ensemble and config.gate_reference_ensemble else 1)
     c = guide_confidence(lr, g, factor, config.guide_gate)
     return back_projection(reference + c * (y - reference), lr, factor, config.back_projection_rounds,
                            config.degradation)
 
 
 def _ensemble(weights: M.Params, lr: torch.Tensor, g: torch.Tensor | None, factor: int, config: CMSRConfig,
-              base: FixedBase) -> torch.Tensor:
+              base: FixedBase, members: int | None = None) -> torch.Tensor:
+    """The median of ``members`` geometric ensemble members (default: 8 with ``self_ensemble``, else 1)."""
     up = make_base(lr, factor, base, g, config.degradation)
     batch = M.stacked(weights)
     outs = []
-    for k in range(8) if config.self_ensemble else range(1):
+    for k in range(members if members is not None else (8 if config.self_ensemble else 1)):
         gk = _transform(g, k)[None] if g is not None else None
         o = _untransform(M.forward(batch, _transform(up, k)[None, None], gk)[0, 0], k)
         outs.append(back_projection(o, lr, factor, config.back_projection_rounds, config.degradation))

@@ -279,3 +279,30 @@ def test_guide_gate_keeps_a_textured_guide_out_of_a_flat_target(gate: Gate) -> N
     assert d_plain > 1e-2 and d_gated < 0.2 * d_plain, (d_plain, d_gated)  # ungated, the texture gets in
     scene = (slice(8, -8), slice(52, -8))
     assert float((gated - plain)[scene].abs().mean()) < 0.2 * float((plain - own)[scene].abs().mean())
+
+
+def test_gate_reference_ensemble_switch_runs_one_reference_member(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """gate_reference_ensemble=False: the guided run keeps its 8 members, the gate's reference one;
+    True (shipped): 8 + 8. Where the gate is closed the output follows that reference."""
+    lr, guide = _scene(16, 20, 4, seed=5)
+    lr = lr.clone()
+    lr[:, :8] = 0.5 + 0.05 * torch.rand(16, 8, generator=torch.Generator().manual_seed(3))  # the gate closes here
+    guide = guide.clone()
+    guide[:, :, :32] = torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(7))
+    params = M.init_params(3, sr_depth=3, sr_width=8, guide_depth=3, guide_width=8, seed=0)
+    tile_guide = TileGuide(guide, tuple(lr.shape), None, "point")
+    calls: list[bool] = []
+    real = M.forward
+
+    def counting(batch, up, g):  # type: ignore[no-untyped-def]
+        calls.append(g is not None)
+        return real(batch, up, g)
+
+    monkeypatch.setattr(M, "forward", counting)
+    cfg = TINY.replace(guide_gate=Gate(0.2, 0.6))
+    full = infer_stage(params, lr, tile_guide, 4, cfg, BACK_PROJECTED)
+    assert (calls.count(True), calls.count(False)) == (8, 8)
+    calls.clear()
+    cut = infer_stage(params, lr, tile_guide, 4, cfg.replace(gate_reference_ensemble=False), BACK_PROJECTED)
+    assert (calls.count(True), calls.count(False)) == (8, 1)
+    assert full.shape == cut.shape and not torch.equal(full, cut)
