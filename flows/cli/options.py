@@ -65,12 +65,12 @@ def parse_bands(value: Optional[str], flag: str) -> tuple[int, ...] | None:
     return bands
 
 
-def survey_model_choice(survey_model: Optional[bool], warm_start: bool) -> Optional[bool]:
+def survey_model_choice(survey_model: Optional[bool], old_flag: bool) -> Optional[bool]:
     """``--survey-model/--no-survey-model`` (None: auto), with the hidden old ``--warm-start`` as
     ``--survey-model``; both spellings at odds is the user's to fix."""
-    if warm_start and survey_model is False:
+    if old_flag and survey_model is False:
         raise UsageError("--warm-start (the old name of --survey-model) contradicts --no-survey-model")
-    return True if warm_start else survey_model
+    return True if old_flag else survey_model
 
 
 def workers_check(workers: Optional[int]) -> Optional[int]:

@@ -39,7 +39,7 @@ def plan(
     target_bands: Optional[str] = options.TARGET_BANDS, target_nodata: Optional[float] = options.TARGET_NODATA,
     rgb_nodata: Optional[float] = options.RGB_NODATA,
     survey_model: Optional[bool] = options.SURVEY_MODEL, model: Optional[Path] = options.MODEL,
-    warm_start: bool = options.WARM_START,
+    old_survey_model_flag: bool = options.WARM_START,
     probe: bool = typer.Option(False, "--probe", help="Time one real tile here instead of using the rough table."),
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
@@ -55,7 +55,7 @@ def plan(
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo,
                             assume_crs=assume_crs, min_valid=min_valid, guide_bands=guide_bands,
                             target_bands=target_bands, target_nodata=target_nodata, rgb_nodata=rgb_nodata,
-                            survey_model=options.survey_model_choice(survey_model, warm_start), model=model)
+                            survey_model=options.survey_model_choice(survey_model, old_survey_model_flag), model=model)
         with tempfile.TemporaryDirectory(prefix="cmsr-plan-") as tmp:
             config = config.replace(work_dir=tmp, quicklook=False)
             job = pipelines.prepare(str(rgb), str(target), os.path.join(tmp, "plan.tif"), config)

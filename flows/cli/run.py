@@ -40,7 +40,7 @@ def run(
     assume_crs: Optional[str] = options.ASSUME_CRS, min_valid: float = options.MIN_VALID,
     stitch: str = typer.Option("core", "--stitch", help="core (each pixel from one tile) | feather."),
     survey_model: Optional[bool] = options.SURVEY_MODEL, model: Optional[Path] = options.MODEL,
-    warm_start: bool = options.WARM_START,
+    old_survey_model_flag: bool = options.WARM_START,
     tile_fn: Optional[str] = typer.Option(None, "--tile-fn", help="Custom per-tile function 'module:function'.", hidden=True),
     guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
     target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
@@ -54,7 +54,7 @@ def run(
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                             device=device, work_dir=work_dir, resume=resume, assume_crs=assume_crs,
                             min_valid=min_valid, stitch=stitch, tile_fn=tile_fn,
-                            survey_model=options.survey_model_choice(survey_model, warm_start), model=model,
+                            survey_model=options.survey_model_choice(survey_model, old_survey_model_flag), model=model,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
                             rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
                             registration_smoothing=registration_smoothing)

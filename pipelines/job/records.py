@@ -21,7 +21,7 @@ from tiling.files import atomic_output
 
 from ..config import JobConfig
 
-JOB_FORMAT = 3  # 2: Job.guide (RasterInfo) replaced guide_path; 3: Job.survey_model (warm_start gone)
+JOB_FORMAT = 3  # 2: Job.guide (RasterInfo) replaced guide_path; 3: Job.survey_model (the old warm start gone)
 
 
 def package_version() -> str:
