@@ -8,6 +8,8 @@ job's own, keyed by the plan.
 
 A job whose tiles take the survey's registration field (``cmsr`` with a registering preset) first
 runs its registration stage: the tiles' own registrations as tasks, then one task making the field.
+A job that learns a survey model (``Job.survey_model``, decided by prepare) then learns it in one
+task (``survey-model``), before the tiles, which all fine-tune from it.
 
 ``run_survey`` is what the CLI calls: own the output, prepare the job here (bad input is refused
 before any engine starts), then temporary API, cluster, progress, flow, teardown.
@@ -103,6 +105,7 @@ def prepare_job(rgb: str, target: str, out: str, config: dict, job_path: str | N
         "job_path": job.job_path, "tiles": len(job.plan.tiles), "active": len(active), "pending": todo,
         "scale": job.scale, "warnings": list(job.warnings), "registers": registers(job),
         "registration_pending": pipelines.pending_estimates(job),
+        "survey_model": job.survey_model.to_dict(),
     }
 
 
@@ -123,10 +126,10 @@ def regularise_task(job_path: str) -> dict:
     return pipelines.regularise_survey(job_path)
 
 
-@task(name="warm-start", cache_policy=NO_CACHE, persist_result=False)
-def pretrain_task(job_path: str) -> list[str]:
-    """Survey warm start: the weights every tile starts from (files in the work dir)."""
-    return pipelines.pretrain_survey(job_path)
+@task(name="survey-model", cache_policy=NO_CACHE, persist_result=False)
+def survey_model_task(job_path: str) -> str | None:
+    """The survey model every tile fine-tunes from (one file in the work dir; reused on resume)."""
+    return pipelines.learn_survey(job_path)
 
 
 @task(name="tile", cache_policy=NO_CACHE, persist_result=False, retries=TILE_RETRIES,
@@ -200,10 +203,13 @@ def _run_prepared(rgb: str, target: str, out: str, config: dict, tiles_per_task:
     use_gpu = gpu_workers(client) if gpu is None else bool(gpu)
     if info["registers"]:
         _register(job_path, info["registration_pending"], tiles_per_task, use_gpu, client)
-    if todo and config.get("warm_start"):
+    choice = info["survey_model"]
+    if choice["used"] and choice["reused_from"] is None:  # after the field: it learns with its geometry
         with dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext():
-            pretrain_task.submit(job_path).result()
-        logger.info("survey warm start ready; tiles fine-tune from it")
+            path = survey_model_task.submit(job_path).result()
+        logger.info(f"survey model ready ({choice['reason']}): {path}; each tile fine-tunes from it")
+    elif choice["used"]:
+        logger.info(f"survey model reused from {choice['reused_from']}; each tile fine-tunes from it")
     logger.info(f"{total} tile(s) to super-resolve, {reused} already done; scale {info['scale']}"
                 f"{'; one GPU per tile task' if use_gpu else ''}")
 
@@ -342,5 +348,5 @@ def _run_survey_engine(rgb: str, target: str, out: str, config: pipelines.JobCon
 
 
 __all__ = ["superresolve_survey", "run_survey", "RunOptions", "Progress", "progress_listener", "TileFailed",
-           "prepare_job", "estimate_task", "regularise_task", "tile_task", "finish_job", "planned_config"]
+           "prepare_job", "estimate_task", "regularise_task", "survey_model_task", "tile_task", "finish_job", "planned_config"]
 

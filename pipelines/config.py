@@ -10,6 +10,10 @@ from typing import Any
 METHODS = ("cmsr", "zssr", "bicubic", "bp", "guided")
 STITCH_MODES = ("core", "feather")
 
+#: ``JobConfig.survey_model`` None (auto) learns a survey model from this many active tiles on:
+#: below it, learning once costs about as much as training the few tiles from scratch.
+SURVEY_MODEL_MIN_TILES = 4
+
 
 @dataclass(frozen=True)
 class SurveyRegistration:
@@ -130,10 +134,21 @@ class JobConfig:
     ``crop_size``, ``run_test_every``, ``self_ensemble``, ``gradual``, ``learning_rate``): the
     rest of CMSRConfig is being regrouped, and switches like ``use_warp``/``use_guide`` are the
     preset's to decide. An unknown key raises TypeError once tiles run."""
-    warm_start: bool = False
-    """Survey warm start (method ``cmsr``): train the networks fully on a few representative tiles
-    once, then start every tile from those weights and fine-tune it briefly (a short budget per
-    tile instead of a full training); each tile still learns its own warp from the identity."""
+    survey_model: bool | None = None
+    """Survey-level learning (method ``cmsr``, ``cmsr.survey_model``): learn the networks once from
+    tiles sampled across the survey, then start every tile from them with a short fine-tune (its
+    own pair, its own registration). None (auto): on when the core's ``cmsr`` runs the tiles and
+    the plan has at least ``SURVEY_MODEL_MIN_TILES`` active tiles; True: on (refused for other
+    methods and custom tile functions); False: every tile trains from scratch. Decided once by
+    ``prepare`` (``Job.survey_model``) and part of the plan key."""
+    model: str | None = None
+    """A survey model file to reuse instead of learning one (e.g. last week's flight of the same
+    sensor pair: ``<out stem>.model.pt`` of that job); implies the survey model. Checked by
+    ``prepare`` against the job's band counts, scale and preset, and copied into the work dir;
+    its content (sha256), not its path, is part of the plan key."""
+    survey_learning: tuple[tuple[str, Any], ...] = ()
+    """``cmsr.survey_model.SurveyLearning`` fields to override (sample tiles, iterations, the
+    fine-tune budget), like ``cmsr_overrides``; in the plan key only when a survey model is used."""
     batch_tiles: int = 0
     """Tiles per call of the tile function when ``run_tiles`` is given several (the core may train
     them as one batched computation); 0 -> for ``cmsr``/``zssr`` as many as fit the device
@@ -153,8 +168,17 @@ class JobConfig:
         object.__setattr__(self, "registration", SurveyRegistration.from_value(self.registration))
         if self.tile_fn is None and self.method not in METHODS:
             raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
-        if self.warm_start and (self.method != "cmsr" or self.tile_fn):
-            raise ValueError(f"warm_start applies to method 'cmsr' only (got method {self.method!r})")
+        learns = self.method == "cmsr" and not self.tile_fn
+        if self.survey_model and not learns:
+            raise ValueError(f"survey_model applies to method 'cmsr' only (got method "
+                             f"{self.tile_fn or self.method!r})")
+        if self.model is not None:
+            if not learns:
+                raise ValueError(f"model (a survey model file) applies to method 'cmsr' only (got method "
+                                 f"{self.tile_fn or self.method!r})")
+            if self.survey_model is False:
+                raise ValueError("model (a survey model file to reuse) needs the survey model; "
+                                 "it contradicts survey_model=False")
         if self.batch_tiles < 0:
             raise ValueError(f"batch_tiles must be >= 0, got {self.batch_tiles}")
         if self.stitch not in STITCH_MODES:
@@ -180,6 +204,9 @@ class JobConfig:
             if v is not None:
                 object.__setattr__(self, name, tuple(int(b) for b in v))
         object.__setattr__(self, "cmsr_overrides", tuple((str(k), v) for k, v in self.cmsr_overrides))
+        object.__setattr__(self, "survey_learning", tuple((str(k), v) for k, v in self.survey_learning))
+        if self.model is not None:
+            object.__setattr__(self, "model", str(self.model))
 
     def replace(self, **changes: Any) -> "JobConfig":
         d = asdict(self)
@@ -189,6 +216,7 @@ class JobConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cmsr_overrides"] = [list(kv) for kv in self.cmsr_overrides]
+        d["survey_learning"] = [list(kv) for kv in self.survey_learning]
         return d
 
     @classmethod
@@ -198,8 +226,9 @@ class JobConfig:
         if unknown:
             raise ValueError(f"unknown JobConfig fields: {sorted(unknown)}")
         d = dict(d)
-        if d.get("cmsr_overrides") is not None:
-            d["cmsr_overrides"] = tuple(tuple(kv) for kv in d["cmsr_overrides"])
+        for name in ("cmsr_overrides", "survey_learning"):
+            if d.get(name) is not None:
+                d[name] = tuple(tuple(kv) for kv in d[name])
         return cls(**d)
 
     def work_dir_for(self, out: str) -> str:
@@ -208,9 +237,12 @@ class JobConfig:
         return os.path.abspath(self.work_dir or os.path.abspath(out) + ".work")
 
     def result_fields(self) -> dict:
-        """The settings that change tile results (part of the plan key)."""
+        """The settings that change tile results (part of the plan key). The survey model's
+        settings are not: ``prepare`` keys its decision instead (whether one is used, the reused
+        file's content, the learning overrides), so an auto and a forced survey model share tiles."""
         d = self.to_dict()
-        for k in ("work_dir", "resume", "compress", "quicklook", "stitch", "batch_tiles"):
+        for k in ("work_dir", "resume", "compress", "quicklook", "stitch", "batch_tiles", "survey_model", "model",
+                  "survey_learning"):
             d.pop(k)
         if not d["write_guide_weight"]:  # a job without the band keeps the key it had before the option
             d.pop("write_guide_weight")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,8 +40,9 @@ class TileContext:
     seed: int  # this tile's seed
     tile_index: int
     band: int  # 0-based index among the job's target bands
-    warm_start: str | None = None
-    """Weight file the core fine-tunes this band from (``JobConfig.warm_start``), else None."""
+    survey_model: str | None = None
+    """The job's survey model file (one model per target band; ``Job.survey_model``): the core
+    fine-tunes this band from its model, else None (trained from scratch)."""
     survey_registration: bool = False
     """The survey's registration field decides this tile's guide geometry (``registration``),
     not the tile's own registration (``survey_registers``)."""
@@ -65,21 +67,47 @@ def cmsr_config(config: JobConfig):
     return replace(cfg, **changes)
 
 
+def survey_learning(config: JobConfig):
+    """The job's ``cmsr.survey_model.SurveyLearning``: its defaults, then ``config.survey_learning``."""
+    from cmsr.survey_model import SurveyLearning
+
+    try:
+        return SurveyLearning(**dict(config.survey_learning))
+    except TypeError as exc:
+        raise ValueError(f"survey_learning: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _models_cached(path: str, mtime_ns: int, size: int) -> tuple:
+    from cmsr.survey_model import load_models
+
+    return tuple(load_models(path)[0])
+
+
+def load_survey_models(path: str) -> tuple:
+    """The models of ``path`` (one per target band), loaded once per process while the file is
+    unchanged: a worker runs many batches from the same file."""
+    st = os.stat(path)
+    return _models_cached(path, st.st_mtime_ns, st.st_size)
+
+
 def core_batch_fn(targets: Sequence[np.ndarray], guides: Sequence[np.ndarray], scale: int,
                   contexts: Sequence[TileContext]) -> list[tuple]:
     """``cmsr.run_many`` with the job's method, config, per-tile seeds, device and survey-level
-    ranges; with a warm start, from that band's weights with the fine-tune budget. With the job's
+    ranges; with a survey model, from that band's model with the fine-tune budget and the survey's
+    base (``cmsr.survey_model.tile_config``). With the job's
     ``write_guide_weight`` each answer also carries the tile's guide weight map."""
     import cmsr
 
     ctx = contexts[0]  # job- and band-level fields are the same for every tile of the batch
     cfg = cmsr_config(ctx.config)  # also for bp/guided: they use its degradation model
     state = None
-    if ctx.warm_start is not None:
-        from cmsr import warm_start
+    if ctx.survey_model is not None:
+        from cmsr.survey_model import tile_config
 
-        state = warm_start.load_state(ctx.warm_start)
-        cfg = warm_start.finetune_config(cfg)
+        model = load_survey_models(ctx.survey_model)[ctx.band]
+        cfg = tile_config(cfg, model, survey_learning(ctx.config))
+        state = model.weights
     registrations = None
     if ctx.survey_registration:
         registrations = [None if c.registration is None else np.asarray(c.registration, dtype=np.float32)

@@ -284,3 +284,64 @@ def test_write_guide_weight_reaches_the_job(monkeypatch, sample, tmp_path):
     assert r.exit_code == 0, r.output
     assert sent[0][3]["write_guide_weight"] is True
     assert _options("run")["--write-guide-weight"].help == _options("submit")["--write-guide-weight"].help
+
+
+def test_survey_model_options_reach_the_job(monkeypatch, sample, tmp_path):
+    """``--survey-model/--no-survey-model`` (default auto = None), the hidden old ``--warm-start``
+    as ``--survey-model``, ``--model PATH`` (absolute); forcing it on another method is one line.
+    The summary names the model file written beside the output."""
+    summary = {"cog": "o.tif", "quicklook": None, "report": "o.report.json", "processed": 1, "reused": 0,
+               "model": "o.model.pt"}
+    cmsr = ("--method", "cmsr")
+    for flags, want in (((), None), (("--survey-model",), True), (("--no-survey-model",), False),
+                        (("--warm-start",), True)):
+        r, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, *cmsr, *flags)
+        assert r.exit_code == 0, r.output
+        assert configs[0].survey_model is want and configs[0].model is None
+    assert "survey model: o.model.pt" in r.stdout
+    r, configs = _run_with_flow(monkeypatch, sample, tmp_path, summary, *cmsr, "--model", "week1.model.pt")
+    assert r.exit_code == 0, r.output
+    assert configs[0].model == str(Path("week1.model.pt").resolve()) and configs[0].survey_model is None
+    r, _ = _run_with_flow(monkeypatch, sample, tmp_path, summary, "--survey-model")  # bicubic
+    _one_error_line(r, "survey_model applies to method 'cmsr' only")
+    r, _ = _run_with_flow(monkeypatch, sample, tmp_path, summary, *cmsr, "--warm-start", "--no-survey-model")
+    _one_error_line(r, "--warm-start (the old name of --survey-model) contradicts --no-survey-model")
+    helped = runner.invoke(app, ["run", "--help"])
+    assert "--warm-start" not in helped.output and "--no-survey-model" in helped.output
+    assert _options("run")["--survey-model"].help == _options("plan")["--survey-model"].help
+    assert "auto: on from 4 tiles" in _options("run")["--survey-model"].help
+
+
+def _model_file(path: Path, *, scale: int = 4, bands: int = 1, guide_bands: int = 3) -> str:
+    """A survey model file for the ``fast`` preset's networks, made for ``scale``, ``bands``
+    target bands and ``guide_bands`` guide bands."""
+    import pipelines
+    from cmsr import model as M
+    from cmsr.survey_model import SurveyModel, save_models
+    from pipelines.tilefn import cmsr_config
+
+    cfg = cmsr_config(pipelines.JobConfig(preset="fast"))
+    w = M.init_params(guide_bands, sr_depth=cfg.sr_depth, sr_width=cfg.sr_width, guide_depth=cfg.guide.depth,
+                      guide_width=cfg.guide.width, init_variance=cfg.init_variance, seed=0)
+    save_models(str(path), [SurveyModel(weights=w, base="bp", scale=scale, guide_bands=guide_bands)] * bands)
+    return str(path)
+
+
+def test_run_refuses_a_survey_model_that_does_not_fit(sample, tmp_path):
+    """``--model`` is checked before any tile work, through the real ``cmsr run``: a model for
+    another scale, target band count or guide band count, or a file that is no model, is one line
+    naming the file and the problem, exit 2, and nothing is left beside the output."""
+    models = tmp_path / "models"
+    models.mkdir()
+    cases = [(_model_file(models / "x2.pt", scale=2), "survey model made for scale x2, this job is x4"),
+             (_model_file(models / "two.pt", bands=2), "survey model made for 2 target band(s), this job has 1"),
+             (_model_file(models / "grey.pt", guide_bands=1), "survey model made for 1 guide band(s), this job has 3"),
+             (str(sample["target"]), "not a cmsr survey model"),
+             (str(models / "missing.pt"), "survey model file not found")]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for path, problem in cases:
+        r = runner.invoke(app, ["run", str(sample["rgb"]), str(sample["target"]), "-o", str(out_dir / "sr.tif"),
+                                "--preset", "fast", "--tile-size", "64", "--model", path])
+        _one_error_line(r, f"error: {path}: {problem}")
+        assert list(out_dir.iterdir()) == [], r.output

@@ -288,8 +288,9 @@ def test_registration_stage_runs_as_tasks_and_warns_once_in_the_driver(sample, d
     from test_survey_registration import TINY_JOB, shifted_rgb
 
     rgb = shifted_rgb(sample, tmp_path, 3.7 * 40.0, 0.0)
+    learning = (("sample_tiles", 3), ("iterations_per_stage", 4), ("finetune_iters", 2), ("finetune_min_iters", 1))
     cfg = pipelines.JobConfig(method="cmsr", preset="fast", tile_size=96, halo=16, cmsr_overrides=TINY_JOB,
-                              quicklook=False)
+                              quicklook=False, survey_learning=learning)  # 12 tiles: a survey model (auto)
     out = tmp_path / "sr.tif"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -308,3 +309,8 @@ def test_registration_stage_runs_as_tasks_and_warns_once_in_the_driver(sample, d
     assert flow_field["tiles"] == local_field["tiles"]
     report = json.loads(Path(summary["report"]).read_text())
     assert report["registration"]["warning"] == said[0] and said[0] in report["warnings"]
+    # the survey-model task ran on a worker after the field, before the tiles, which fine-tuned from it
+    assert summary["model"] == str(tmp_path / "sr.model.pt") and Path(summary["model"]).exists()
+    assert report["survey_model"]["used"] and report["survey_model"]["mode"] == "auto"
+    done = [t["stats"] for t in report["tiles"] if not t["skipped"]]
+    assert done and all(t["survey_model"] and t["iterations"] <= 2 for t in done)

@@ -239,11 +239,16 @@ def test_cmsr_method_tiny_budget_is_deterministic(tmp_path):
     """One small job through the real CMSR training (tiny budget): runs, keeps the LR values
     (area degradation + back-projection), and a tile re-run gives bit-identical results."""
     l8 = DATA.parent / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
-    cfg = JobConfig(method="cmsr", preset="fast", tile_size=32, halo=8, cmsr_overrides=TINY, quicklook=False)
+    cfg = JobConfig(method="cmsr", preset="fast", tile_size=32, halo=8, cmsr_overrides=TINY, quicklook=False,
+                    survey_model=False)
     o = pipelines.superresolve(f"{l8}B8.TIF", f"{l8}B10.TIF", str(tmp_path / "c.tif"), cfg)
     rep = json.load(open(o.report))
     assert rep["totals"]["processed"] == 9
-    assert all(t["stats"]["iterations"] == 10 and t["stats"]["method"] == "cmsr" for t in rep["tiles"])
+    # survey_model=False: every tile trains from scratch with the whole budget, nothing learned once
+    assert all(t["stats"]["iterations"] == 10 and t["stats"]["method"] == "cmsr" and not t["stats"]["survey_model"]
+               for t in rep["tiles"])
+    assert rep["survey_model"]["used"] is False and rep["survey_model"]["mode"] == "off"
+    assert not (tmp_path / "c.model.pt").exists()
     assert rep["totals"]["consistency_max"] < 0.01 * (rep["target_range"][0][1] - rep["target_range"][0][0])
     _, meta = read(o.cog)
     assert meta["tags"]["CMSR_PRESET"] == "fast" and meta["tags"]["CMSR_METHOD"] == "cmsr"
@@ -257,29 +262,6 @@ def test_cmsr_method_tiny_budget_is_deterministic(tmp_path):
     np.testing.assert_allclose(np.load(again.path), first, rtol=1e-6)
     os.unlink(job.tile_paths(4)[1])
     np.testing.assert_array_equal(np.load(pipelines.run_tile(job.job_path, 4).path), np.load(again.path))
-
-
-@pytest.mark.slow
-def test_warm_start_job_pretrains_once_and_fine_tunes_every_tile(tmp_path):
-    """--warm-start: one weight file from representative tiles, every tile fine-tuned from it
-    (short budget, its own warp), the LR values still kept; a resumed run reuses the weights."""
-    l8 = DATA.parent / "landsat_marburg_30m" / "LC08_L1TP_195025_20130707_20170503_01_T1_"
-    cfg = JobConfig(method="cmsr", preset="fast", tile_size=32, halo=8, quicklook=False, warm_start=True,
-                    cmsr_overrides=TINY)
-    o = pipelines.superresolve(f"{l8}B8.TIF", f"{l8}B10.TIF", str(tmp_path / "w.tif"), cfg)
-    job = pipelines.load_job(str(tmp_path / "w.tif.work" / "job.json"))
-    (weights,) = pipelines.warm_start_paths(job)
-    stamp = os.stat(weights).st_mtime_ns
-    rep = json.load(open(o.report))
-    assert rep["totals"]["processed"] == 9
-    from cmsr.warm_start import WarmStartConfig
-
-    budget = WarmStartConfig().finetune_iters
-    assert all(t["stats"]["warm_start"] and 0 < t["stats"]["iterations"] <= budget for t in rep["tiles"])
-    assert rep["totals"]["consistency_max"] < 0.01 * (rep["target_range"][0][1] - rep["target_range"][0][0])
-    assert pipelines.pretrain_survey(job.job_path) == [weights] and os.stat(weights).st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="warm_start"):
-        JobConfig(method="bicubic", warm_start=True)
 
 
 def test_cog_overviews_are_averages(s2, tmp_path):
@@ -404,9 +386,9 @@ def test_a_failing_tile_keeps_every_finished_batch(s2, tmp_path):
     assert not [f for f in os.listdir(os.path.join(grouped.work_dir, "tiles")) if f.startswith(".")]  # no temp left
 
 
-def test_batch_sizes_warm_start_weights_and_result_counts(s2, tmp_path, monkeypatch):
+def test_batch_sizes_survey_model_file_and_result_counts(s2, tmp_path, monkeypatch):
     """``tiles_per_batch``: ``batch_tiles`` when set, ``cmsr.choose_batch_size`` for cmsr/zssr,
-    1 for other methods and custom functions. Missing warm-start weights and a batch function
+    1 for other methods and custom functions. A missing survey model file and a batch function
     that answers for the wrong number of tiles are errors before anything is written."""
     import cmsr
     from pipelines import tilefn
@@ -424,9 +406,10 @@ def test_batch_sizes_warm_start_weights_and_result_counts(s2, tmp_path, monkeypa
     assert tiles_per_batch(job(method="guided"), 20) == 1
     assert tiles_per_batch(job(tile_fn="pipelines.tilefn:bicubic_tile_fn"), 20) == 1
     assert tiles_per_batch(job(), 20, tile_fn=bicubic_tile_fn) == 1
-    warm = job(warm_start=True)
-    with pytest.raises(RuntimeError, match="run pipelines.pretrain_survey first"):
-        pipelines.run_tile(warm.job_path, 0)
+    learning = job(survey_model=True, preset="paper")  # paper: no registration field to make first
+    assert learning.survey_model.used and learning.survey_model.mode == "forced"
+    with pytest.raises(RuntimeError, match="run pipelines.learn_survey first"):
+        pipelines.run_tile(learning.job_path, 0)
     bad = job(method="bicubic")
     monkeypatch.setattr(tilefn, "resolve", lambda config, override=None: lambda t, g, s, c: [])
     with pytest.raises(RuntimeError, match="returned 0 results for 1 tiles"):

@@ -122,7 +122,8 @@ def test_a_job_trains_every_tile_with_its_field_value_and_reports_it(sample, tmp
     torch.set_num_threads(1)
     rgb = shifted_rgb(sample, tmp_path, 60.0, 0.0)
     out = tmp_path / "sr.tif"
-    cfg = JobConfig(method="cmsr", preset="fast", tile_size=96, halo=16, cmsr_overrides=TINY_JOB, quicklook=False)
+    cfg = JobConfig(method="cmsr", preset="fast", tile_size=96, halo=16, cmsr_overrides=TINY_JOB, quicklook=False,
+                    survey_model=False)  # each tile's own training, with its field value
     o = pipelines.superresolve(rgb, str(sample["target"]), str(out), cfg)
     rep = json.loads(Path(o.report).read_text())
     reg = rep["registration"]

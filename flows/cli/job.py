@@ -31,7 +31,8 @@ def engine_logging(verbose: bool) -> None:
 def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[str] = None, tile_size: int = 512,
                halo: int = 32, seed: int = 0, device: str = "cpu", work_dir: Optional[Path] = None,
                resume: bool = True, assume_crs: Optional[str] = None, min_valid: float = 0.05,
-               stitch: str = "core", tile_fn: Optional[str] = None, warm_start: bool = False,
+               stitch: str = "core", tile_fn: Optional[str] = None, survey_model: Optional[bool] = None,
+               model: Optional[Path] = None,
                guide_bands: Optional[str] = None, target_bands: Optional[str] = None,
                target_nodata: Optional[float] = None, rgb_nodata: Optional[float] = None,
                write_guide_weight: bool = False, registration_smoothing: bool = True) -> Any:
@@ -46,7 +47,8 @@ def job_config(*, scale: str = "auto", method: str = "cmsr", preset: Optional[st
         return pipelines.JobConfig(
             method=method, preset=preset, scale=chosen_scale, tile_size=tile_size, halo=halo, seed=seed,
             device=device, work_dir=str(work_dir) if work_dir else None, resume=resume, assume_crs=assume_crs,
-            min_valid_fraction=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
+            min_valid_fraction=min_valid, stitch=stitch, tile_fn=tile_fn, survey_model=survey_model,
+            model=os.path.abspath(model) if model is not None else None,
             guide_bands=guide_selection, target_bands=target_selection, target_nodata=target_nodata,
             rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
             registration=pipelines.SurveyRegistration(smooth=registration_smoothing),
@@ -108,4 +110,6 @@ def print_outputs(summary: dict, quiet: bool, as_json: bool) -> None:
         typer.echo(f"report:     {summary['report']}")
         if summary.get("registration"):
             typer.echo(f"registration map: {summary['registration']}")
+        if summary.get("model"):
+            typer.echo(f"survey model: {summary['model']}")
         typer.echo(f"{summary['processed']} tile(s), {summary['reused']} reused, {summary['seconds']} s")

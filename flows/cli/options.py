@@ -65,6 +65,14 @@ def parse_bands(value: Optional[str], flag: str) -> tuple[int, ...] | None:
     return bands
 
 
+def survey_model_choice(survey_model: Optional[bool], old_flag: bool) -> Optional[bool]:
+    """``--survey-model/--no-survey-model`` (None: auto), with the hidden old ``--warm-start`` as
+    ``--survey-model``; both spellings at odds is the user's to fix."""
+    if old_flag and survey_model is False:
+        raise UsageError("--warm-start (the old name of --survey-model) contradicts --no-survey-model")
+    return True if old_flag else survey_model
+
+
 def workers_check(workers: Optional[int]) -> Optional[int]:
     """``--workers`` must be a positive count when given."""
     if workers is not None and workers < 1:
@@ -126,6 +134,15 @@ REGISTRATION_SMOOTHING = typer.Option(
     help="cmsr: make the tiles' guide registrations one consistent field (outliers rejected, gaps filled, "
          "smoothed) before training; --no-registration-smoothing: every tile keeps its own. The field is "
          "written as OUT.registration.tif either way.")
+SURVEY_MODEL = typer.Option(
+    None, "--survey-model/--no-survey-model",
+    help="cmsr: learn once from tiles across the survey, each tile fine-tunes briefly; auto: on from 4 tiles "
+         "(--no-survey-model: every tile trains from scratch). The model is written as OUT.model.pt.",
+    show_default="auto")
+WARM_START = typer.Option(False, "--warm-start", hidden=True, help="Old name of --survey-model.")
+MODEL = typer.Option(None, "--model", metavar="PATH",
+                     help="cmsr: reuse a survey model from an earlier flight of the same sensor pair (its "
+                          "OUT.model.pt) instead of learning one; refused for another band count or scale.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary; errors only.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (no progress bar).")
 VERBOSE = typer.Option(False, "--verbose", "-v",

@@ -38,6 +38,8 @@ def plan(
     min_valid: float = options.MIN_VALID, guide_bands: Optional[str] = options.GUIDE_BANDS,
     target_bands: Optional[str] = options.TARGET_BANDS, target_nodata: Optional[float] = options.TARGET_NODATA,
     rgb_nodata: Optional[float] = options.RGB_NODATA,
+    survey_model: Optional[bool] = options.SURVEY_MODEL, model: Optional[Path] = options.MODEL,
+    old_survey_model_flag: bool = options.WARM_START,
     probe: bool = typer.Option(False, "--probe", help="Time one real tile here instead of using the rough table."),
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
@@ -52,22 +54,35 @@ def plan(
         options.workers_check(workers)
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo,
                             assume_crs=assume_crs, min_valid=min_valid, guide_bands=guide_bands,
-                            target_bands=target_bands, target_nodata=target_nodata, rgb_nodata=rgb_nodata)
+                            target_bands=target_bands, target_nodata=target_nodata, rgb_nodata=rgb_nodata,
+                            survey_model=options.survey_model_choice(survey_model, old_survey_model_flag), model=model)
         with tempfile.TemporaryDirectory(prefix="cmsr-plan-") as tmp:
             config = config.replace(work_dir=tmp, quicklook=False)
             job = pipelines.prepare(str(rgb), str(target), os.path.join(tmp, "plan.tif"), config)
             tiles = job.plan.tiles
             active = [t for t in tiles if not t.skip]
             n_workers = workers or auto_workers(len(active))
+            learns = job.survey_model.used and job.survey_model.reused_from is None
+            learn_seconds = 0.0
             if probe and active:
                 best = max(active, key=lambda t: t.valid_fraction)
                 t0 = time.perf_counter()  # its guide registration (cmsr) is part of a tile's cost
                 pipelines.register_survey(job.job_path, [best.index])
-                per_tile = time.perf_counter() - t0 + pipelines.run_tile(job.job_path, best.index).seconds
+                per_tile = time.perf_counter() - t0
+                if learns:  # learned for real (once per survey), from its sample tiles registered
+                    from pipelines.job.survey_learning import pick_tiles
+
+                    t1 = time.perf_counter()
+                    pipelines.register_survey(job.job_path, [i for i in pick_tiles(job) if i != best.index])
+                    pipelines.learn_survey(job.job_path)
+                    learn_seconds = time.perf_counter() - t1
+                per_tile += pipelines.run_tile(job.job_path, best.index).seconds
                 source = f"measured on tile {best.index}"
             else:
                 side = job.plan.tile_size + 2 * job.plan.halo
                 per_tile = TILE_SECONDS_ESTIMATE.get(method, 60.0) * side * side / 576**2
+                if job.survey_model.used:
+                    per_tile, learn_seconds = _survey_model_estimate(job, per_tile, learns)
                 source = "rough table (use --probe to measure)"
         hr, lr = job.plan.hr_grid, job.plan.lr_grid
         valid = [t.valid_fraction for t in tiles]
@@ -83,7 +98,9 @@ def plan(
             "valid_fraction": round(sum(valid) / len(valid), 4) if valid else 0.0,
             "method": method, "workers": n_workers, "seconds_per_tile": round(per_tile, 2),
             "estimate_source": source,
-            "estimated_seconds": round(math.ceil(len(active) / n_workers) * per_tile, 1),
+            "estimated_seconds": round(learn_seconds + math.ceil(len(active) / n_workers) * per_tile, 1),
+            "survey_model": {k: v for k, v in job.survey_model.to_dict().items() if k != "sha256"},
+            "survey_model_seconds": round(learn_seconds, 1),
             "warnings": list(job.warnings),
         }
     if as_json:
@@ -103,9 +120,29 @@ def _print_plan(info: dict[str, Any]) -> None:
     typer.echo(f"tiles: {info['tiles']} of {info['tile_size']} px + {info['halo']} px halo; "
                f"{info['active_tiles']} to process, {info['skipped_tiles']} skipped; "
                f"mean valid fraction {info['valid_fraction']:.2f}")
+    sm = info["survey_model"]
+    if sm["used"]:
+        how = f"reused from {sm['reused_from']}" if sm["reused_from"] else (
+            f"learned once (~{_duration(info['survey_model_seconds'])}) from tiles across the survey")
+        typer.echo(f"survey model: on ({sm['reason']}); {how}, each tile fine-tunes from it")
+    else:
+        typer.echo(f"survey model: off ({sm['reason']})")
     typer.echo(f"estimate: ~{_duration(info['estimated_seconds'])} with {info['workers']} worker(s), "
                f"~{info['seconds_per_tile']:.1f} s/tile ({info['estimate_source']})")
     # the job's warnings were printed as prepare raised them (``exit_codes``: one line each)
+
+
+def _survey_model_estimate(job: Any, per_tile: float, learns: bool) -> tuple[float, float]:
+    """(seconds per tile, seconds of learning) from the table's per-tile seconds of a full
+    training: a tile fine-tunes ``finetune_iters`` of the preset's ``max_iters``; learning takes
+    ``iterations_per_stage`` (default two tiles' worth)."""
+    from pipelines import tilefn
+
+    cfg = tilefn.cmsr_config(job.config)
+    learning = tilefn.survey_learning(job.config)
+    tile = per_tile * min(1.0, learning.finetune_iters / max(1, cfg.max_iters))
+    learn = per_tile * (learning.iterations_per_stage or 2 * cfg.max_iters) / max(1, cfg.max_iters) if learns else 0.0
+    return tile, learn
 
 
 def _resolution(grid: Any) -> list[float]:

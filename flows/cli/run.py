@@ -21,6 +21,8 @@ from .job import engine_logging, job_config, print_outputs, run_job
 
   cmsr run rgb.tif thermal.tif -o sr.tif --gpus auto
 
+  cmsr run rgb_week2.tif thermal_week2.tif -o sr_week2.tif --model sr_week1.model.pt
+
   cmsr run multispectral.tif thermal.tif -o sr.tif --guide-bands 3,2,1
 
   cmsr run /data/s1/rgb.tif /data/s1/thermal.tif -o /data/s1/sr.tif --scheduler tcp://dask-scheduler:8786 --json
@@ -37,7 +39,8 @@ def run(
     retries: int = typer.Option(2, "--retries", help="Tries again after a tile fails (5 s apart)."),
     assume_crs: Optional[str] = options.ASSUME_CRS, min_valid: float = options.MIN_VALID,
     stitch: str = typer.Option("core", "--stitch", help="core (each pixel from one tile) | feather."),
-    warm_start: bool = typer.Option(False, "--warm-start", help="Survey warm start (cmsr): pretrain on a few representative tiles, fine-tune each tile briefly (~7x faster per tile)."),
+    survey_model: Optional[bool] = options.SURVEY_MODEL, model: Optional[Path] = options.MODEL,
+    old_survey_model_flag: bool = options.WARM_START,
     tile_fn: Optional[str] = typer.Option(None, "--tile-fn", help="Custom per-tile function 'module:function'.", hidden=True),
     guide_bands: Optional[str] = options.GUIDE_BANDS, target_bands: Optional[str] = options.TARGET_BANDS,
     target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
@@ -50,7 +53,8 @@ def run(
     with exit_codes(verbose):
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                             device=device, work_dir=work_dir, resume=resume, assume_crs=assume_crs,
-                            min_valid=min_valid, stitch=stitch, tile_fn=tile_fn, warm_start=warm_start,
+                            min_valid=min_valid, stitch=stitch, tile_fn=tile_fn,
+                            survey_model=options.survey_model_choice(survey_model, old_survey_model_flag), model=model,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
                             rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
                             registration_smoothing=registration_smoothing)

@@ -33,6 +33,7 @@ def submit(
     target_nodata: Optional[float] = options.TARGET_NODATA, rgb_nodata: Optional[float] = options.RGB_NODATA,
     write_guide_weight: bool = options.WRITE_GUIDE_WEIGHT,
     registration_smoothing: bool = options.REGISTRATION_SMOOTHING,
+    survey_model: Optional[bool] = options.SURVEY_MODEL, model: Optional[Path] = options.MODEL,
     as_json: bool = options.JSON, verbose: bool = options.VERBOSE,
 ) -> None:
     """Send a job to a Dask cluster or a Prefect deployment and print its flow run id (returns at once)."""
@@ -45,7 +46,8 @@ def submit(
         config = job_config(scale=scale, method=method, preset=preset, tile_size=tile_size, halo=halo, seed=seed,
                             guide_bands=guide_bands, target_bands=target_bands, target_nodata=target_nodata,
                             rgb_nodata=rgb_nodata, write_guide_weight=write_guide_weight,
-                            registration_smoothing=registration_smoothing)
+                            registration_smoothing=registration_smoothing, survey_model=survey_model,
+                            model=model)
         from tiling.align import check_output_name
 
         check_output_name(str(out))

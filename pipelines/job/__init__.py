@@ -10,8 +10,10 @@ Modules, in the order a job uses them (each imports only those before it): ``own
 TileResult, JobOutputs and their files), ``tile_store`` (tile result files, resume, ``pending``),
 ``preparation`` (``prepare``), ``tile_inputs`` (a tile's windows, its answer masked back),
 ``registration`` (the survey's registration field: ``estimate_tiles``, ``regularise_survey``,
-``register_survey``), ``execute`` (``run_tiles``/``run_tile``/``pretrain_survey``), ``outputs`` (``finish``: stitch,
-COG, report, quick-look). Module names differ from the functions they hold, so
+``register_survey``), ``survey_choice`` (whether a job uses a survey model, a reused file checked:
+called by ``prepare``), ``survey_learning`` (``learn_survey``: the survey model), ``execute``
+(``run_tiles``/``run_tile``), ``outputs`` (``finish``: stitch, COG, report, quick-look, the model
+beside the output). Module names differ from the functions they hold, so
 ``pipelines.job.prepare`` is always the function.
 """
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 from .. import tilefn
 from ..config import JobConfig
-from .execute import pretrain_survey, run_tile, run_tiles, tiles_per_batch, warm_start_paths
+from .execute import run_tile, run_tiles, tiles_per_batch
 from .outputs import finish, write_job_quicklook
 from .ownership import JobBusy, StaleLockWarning, own_job
 from .preparation import prepare
-from .records import Job, JobOutputs, TileResult, load_job
+from .records import Job, JobOutputs, SurveyModelChoice, TileResult, load_job
 from .registration import (MisalignmentWarning, estimate_tiles, pending_estimates, register_survey,
                            regularise_survey)
+from .survey_learning import learn_survey
 from .tile_store import pending
 
 
@@ -37,14 +40,14 @@ def superresolve(rgb: str, target: str, out: str, config: JobConfig | None = Non
     with own_job(out, config.work_dir_for(out), rgb=rgb, target=target):
         job = prepare(rgb, target, out, config)
         register_survey(job.job_path)
-        pretrain_survey(job.job_path)
+        learn_survey(job.job_path)
         results = run_tiles(job.job_path, [t.index for t in job.plan.tiles if not t.skip], tile_fn)
         return finish(job.job_path, results)
 
 
 __all__ = [
     "Job", "JobConfig", "JobOutputs", "TileResult", "prepare", "load_job", "run_tile", "run_tiles",
-    "tiles_per_batch", "pending", "pretrain_survey", "warm_start_paths", "finish", "write_job_quicklook",
+    "tiles_per_batch", "pending", "learn_survey", "SurveyModelChoice", "finish", "write_job_quicklook",
     "superresolve", "own_job", "JobBusy", "StaleLockWarning", "MisalignmentWarning", "estimate_tiles",
     "pending_estimates", "regularise_survey", "register_survey",
 ]

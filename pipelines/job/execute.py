@@ -15,56 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tiling.files import atomic_output
-
 from .. import tilefn
 from .records import Job, TileResult, load_job
 from .registration import tile_registrations
 from .tile_inputs import finish_tile_band, read_tile_inputs
 from .tile_store import TileRecomputed, check_tile, reused, tile_planes, write_skipped, write_tile_result
-
-
-def warm_start_paths(job: Job) -> list[str]:
-    """One warm-start weight file per target band (bands differ in what they relate to the RGB),
-    named by the plan key so weights from other inputs or settings in the same work dir are never reused."""
-    return [os.path.join(job.work_dir, f"warm_start_{job.key[:16]}_band{b + 1}.pt") for b in range(len(job.target_bands))]
-
-
-def _warm_starts(job: Job) -> bool:
-    return job.config.warm_start and tilefn.uses_core(job.config)
-
-
-def pretrain_survey(job_path: str, candidates: int = 16) -> list[str]:
-    """Survey warm start: train the networks on representative tiles once -> weight files.
-
-    Candidates are up to ``candidates`` processed tiles spread evenly over the plan (reading
-    every tile would cost a pass over the mosaic); ``cmsr.warm_start`` picks the representatives
-    among them by texture. Files are written atomically and reused on resume. Returns [] when
-    the job does not warm-start.
-    """
-    job = load_job(job_path)
-    if not _warm_starts(job):
-        return []
-    paths = warm_start_paths(job)
-    if job.config.resume and all(os.path.exists(p) for p in paths):
-        return paths
-    from cmsr import warm_start
-
-    active = [t.index for t in job.plan.tiles if not t.skip]
-    if not active:
-        return []
-    picks = sorted({active[int(round(q))] for q in np.linspace(0, len(active) - 1, min(candidates, len(active)))})
-    inputs = [read_tile_inputs(job, i) for i in picks]
-    cfg = tilefn.cmsr_config(job.config)
-    guide_range = np.asarray(job.guide_range, dtype=np.float64)
-    for b, path in enumerate(paths):
-        state = warm_start.pretrain_arrays(
-            [inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, cfg,
-            seed=job.config.seed, device=job.config.device, target_range=job.target_range[b], guide_range=guide_range,
-        )
-        with atomic_output(path) as tmp:
-            warm_start.save_state(tmp, state)
-    return paths
 
 
 def tiles_per_batch(job: Job, count: int, tile_fn: tilefn.TileFn | None = None) -> int:
@@ -92,7 +47,7 @@ def _takes_field(job: Job, batch_fn: tilefn.TileBatchFn) -> bool:
 
 
 def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
-               weights: Sequence[str | None]) -> list[TileResult]:
+               survey_model: str | None) -> list[TileResult]:
     """Tiles ``indices`` (none reused or skipped) through ``batch_fn``, band by band -> result files.
 
     Tile ``i`` gets seed ``seed + i`` whatever batch it is in, and (the core's batch function on
@@ -110,7 +65,7 @@ def _run_batch(job: Job, indices: list[int], batch_fn: tilefn.TileBatchFn,
     fn_seconds = 0.0
     for b in range(len(job.target_bands)):
         contexts = [tilefn.TileContext(job.config, job.target_range[b], job.guide_range, job.config.seed + i, i, b,
-                                       weights[b], survey_registration, reg)
+                                       survey_model, survey_registration, reg)
                     for i, reg in zip(indices, registrations)]
         tf = time.perf_counter()
         res = batch_fn([inp.lr[b] for inp in inputs], [inp.guide for inp in inputs], job.plan.scale, contexts)
@@ -133,7 +88,8 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
 
     A finished tile (resume) is returned as found, a skipped one marked done; the rest go through
     the job's batch function (``tile_fn``, a per-tile function, replaces it for this call); a job
-    whose tiles take the survey's registration field needs it made first (``register_survey``). A
+    whose tiles take the survey's registration field needs it made first (``register_survey``), one
+    with a survey model its file (``learn_survey``). A
     result on disk that fails its check (damaged, truncated, unreadable) is computed again, with
     a ``TileRecomputed`` warning naming the tile and why. Each tile's result is written atomically
     as soon as its batch is done, so an interrupted call keeps every finished batch."""
@@ -157,18 +113,17 @@ def run_tiles(job_path: str, indices: Sequence[int], tile_fn: tilefn.TileFn | No
             todo.append(i)
     if todo:
         batch_fn = tilefn.resolve(job.config, tile_fn)
-        weights: list[str | None] = [None] * len(job.target_bands)
-        if _warm_starts(job) and tile_fn is None:
-            weights = list(warm_start_paths(job))
-            missing = [p for p in weights if not os.path.exists(p)]
-            if missing:
-                raise RuntimeError(f"warm start weights {missing[0]} are missing: run pipelines.pretrain_survey first")
         if _takes_field(job, batch_fn):
             tile_registrations(job, [])  # the field must exist before any tile trains
+        survey_model = None  # made after the field (it learns with the field's geometry)
+        if job.survey_model.used and batch_fn is tilefn.core_batch_fn:
+            survey_model = job.survey_model_path
+            if not os.path.exists(survey_model):
+                raise RuntimeError(f"the survey model {survey_model} is missing: run pipelines.learn_survey first")
         size = tiles_per_batch(job, len(todo), tile_fn)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            results.update(zip(chunk, _run_batch(job, chunk, batch_fn, weights)))
+            results.update(zip(chunk, _run_batch(job, chunk, batch_fn, survey_model)))
     return [results[int(i)] for i in indices]
 
 

@@ -8,6 +8,7 @@ checked before it is stitched.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -62,7 +63,8 @@ def _remove_debris(job: Job) -> None:
     only: the folder is the user's), and anywhere in the work dir and its tiles (the job's own);
     also ``stitched.tif``, the scratch mosaic older versions kept under that fixed name."""
     out_dir = os.path.dirname(os.path.abspath(job.out))
-    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path, map_path(job))}
+    names = {os.path.basename(p) for p in (job.out, job.report_path, job.quicklook_path, map_path(job),
+                                            job.model_output_path)}
     files.remove_stale_temps(out_dir, names)
     files.remove_stale_temps(job.work_dir)
     files.remove_stale_temps(os.path.join(job.work_dir, "tiles"))
@@ -171,8 +173,47 @@ def finish(job_path: str, results: list[TileResult] | None = None) -> JobOutputs
         report["registration"] = field["summary"]
         if field["summary"].get("warning"):
             report["warnings"].append(field["summary"]["warning"])
+    model_out = write_survey_model(job)
+    report["survey_model"] = survey_model_report(job, model_out)
     write_json(job.report_path, report, indent=1)
-    return JobOutputs(job.out, job.report_path, quick, registration_map)
+    return JobOutputs(job.out, job.report_path, quick, registration_map, model_out)
+
+
+def write_survey_model(job: Job) -> str | None:
+    """The job's survey model copied beside the output as ``<out stem>.model.pt`` (atomically), for
+    the next flight of the same sensor pair to reuse (``--model``); None when the job used none."""
+    if not job.survey_model.used:
+        return None
+    source = job.survey_model_path
+    if not os.path.exists(source):
+        raise RuntimeError(f"the survey model {source} of job {job.job_path} is missing: "
+                           "run pipelines.learn_survey first")
+    with files.atomic_output(job.model_output_path) as tmp:
+        shutil.copyfile(source, tmp)
+    return job.model_output_path
+
+
+def survey_model_report(job: Job, written: str | None) -> dict:
+    """The report's ``survey_model``: whether one was used and why, the file beside the output,
+    the reused file, and per target band what was learned (base, sample tiles, iterations, seconds)."""
+    choice = job.survey_model
+    section = {"used": choice.used, "mode": choice.mode, "reason": choice.reason, "file": written,
+               "reused_from": choice.reused_from, "bands": []}
+    if not choice.used:
+        return section
+    from cmsr.survey_model import load_models
+
+    models, info = load_models(job.survey_model_path)
+    learned = info.get("bands") or [{} for _ in models]
+    for b, (m, extra) in enumerate(zip(models, learned)):
+        section["bands"].append({
+            "band": job.target_bands[b], "base": m.base, "iterations": m.iterations,
+            # the reused model's sample are tiles of the survey it was learned on
+            "sample_tiles": extra.get("sample_tiles", list(m.sample)),
+            "learning_seconds": None if choice.reused_from else extra.get("seconds"),
+        })
+    section["learned_from"] = {k: info.get(k) for k in ("plan_key", "preset", "inputs")}
+    return section
 
 
 def _preset_name(cfg: JobConfig) -> str:

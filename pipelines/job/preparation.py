@@ -22,7 +22,8 @@ from tiling.errors import InputWarning, InvalidInput
 
 from .. import tilefn
 from ..config import JobConfig
-from .records import JOB_FORMAT, Job, load_job, package_version, save_npy, write_job
+from . import survey_choice
+from .records import JOB_FORMAT, Job, SurveyModelChoice, load_job, package_version, save_npy, write_job
 from .tile_store import clear_registration, clear_tiles
 
 #: how each band option is spelled on the command line (``cmsr run``): 1-based numbers, commas
@@ -125,6 +126,13 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
             continue
         caught.append(str(w.message))
         warnings.warn(str(w.message), InputWarning, stacklevel=2)
+    # a reused survey model that does not fit is refused now, before any file is written
+    reused_sha = None
+    if config.model is not None:
+        reused_sha = survey_choice.check_reused(config, target_bands=len(target_bands), scale=s,
+                                                guide_bands=len(guide_bands))
+    if tilefn.uses_core(config) and config.method == "cmsr" and config.survey_model is not False:
+        survey_choice.check_learning(config)
     geometry = make_plan(hr, s, config.tile_size, config.halo)
 
     tiles_dir = os.path.join(work_dir, "tiles")
@@ -148,7 +156,16 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
             "config": result_fields, "guide_bands": guide_bands, "target_bands": target_bands,
             "hr": hr.to_dict(), "scale": s, "tile": geometry.tile_size, "halo": geometry.halo,
         }
-        key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+        def key_for(choice: SurveyModelChoice) -> str:
+            src = dict(key_src)
+            fields = survey_choice.key_fields(config, choice)
+            if fields is not None:  # a job without a survey model keeps the key it had without the option
+                src["survey_model"] = fields
+            return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+        def active(plan) -> int:  # noqa: ANN001 - tiling.TilePlan
+            return sum(not t.skip for t in plan.tiles)
 
         job_path = os.path.join(work_dir, "job.json")
         if not config.resume:
@@ -157,15 +174,20 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
         elif os.path.exists(job_path):
             try:
                 old = load_job(job_path)
-            except (ValueError, KeyError, json.JSONDecodeError):
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
                 old = None
-            if old is not None and old.key == key and old.out == out and os.path.exists(old.target_lr):
+            # the old plan's active tiles decide as this call would: its key covers all they depend on
+            choice = None if old is None else survey_choice.choose(config, active(old.plan), reused_sha)
+            if (old is not None and choice is not None and old.key == key_for(choice) and old.out == out
+                    and os.path.exists(old.target_lr)):
                 # same plan: keep the LR target, the statistics and the tiles; settings that do not
                 # change tile results (stitch, compress, quick-look, ...) come from this call
-                if old.config == config:
-                    return old
-                job = replace(old, config=config)
-                write_job(job)
+                if old.config == config and old.survey_model == choice:
+                    job = old
+                else:
+                    job = replace(old, config=config, survey_model=choice)
+                    write_job(job)
+                _copy_reused(job)
                 return job
 
         guide_info, job_guide_bands = rgb_info, guide_bands
@@ -200,12 +222,22 @@ def prepare(rgb: str, target: str, out: str, config: JobConfig | None = None) ->
                 f"{config.min_valid_fraction:g} (--min-valid; the best tile is {100 * best:.3g}% valid in both the "
                 "target and the RGB), so nothing would be super-resolved"
             )
+        choice = survey_choice.choose(config, active(full_plan), reused_sha)
         job = Job(
-            key=key, config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
+            key=key_for(choice), config=config, rgb=rgb_info, target=tgt_info, out=out, work_dir=work_dir,
             guide=guide_info, guide_bands=job_guide_bands, target_bands=target_bands, target_lr=target_lr,
             resampling=resampled.resampling, plan=full_plan, gsd_ratio=ratio, overlap=overlap,
             target_range=stats.target_range, guide_range=stats.guide_range, checksums=checksums,
-            warnings=tuple(caught),
+            warnings=tuple(caught), survey_model=choice,
         )
+        _copy_reused(job)
         write_job(job)
         return job
+
+
+def _copy_reused(job: Job) -> None:
+    """A reused survey model copied into the work dir under the job's model name (the tiles read
+    the copy: the original may be moved, or replaced by next week's)."""
+    choice = job.survey_model
+    if choice.reused_from is not None and choice.sha256 is not None:
+        survey_choice.copy_reused(choice.reused_from, choice.sha256, job.survey_model_path)

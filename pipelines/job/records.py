@@ -21,7 +21,7 @@ from tiling.files import atomic_output
 
 from ..config import JobConfig
 
-JOB_FORMAT = 2  # 2: Job.guide (RasterInfo) replaced guide_path
+JOB_FORMAT = 3  # 2: Job.guide (RasterInfo) replaced guide_path; 3: Job.survey_model (the old warm start gone)
 
 
 def package_version() -> str:
@@ -29,6 +29,30 @@ def package_version() -> str:
         return metadata.version("cmsr")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+@dataclass(frozen=True)
+class SurveyModelChoice:
+    """Whether a job's tiles fine-tune from a survey model, decided once by ``prepare`` (the
+    tiles, the flow, the plan and the report all read it from here, never decide again)."""
+
+    used: bool = False
+    mode: str = "off"
+    """``auto`` (``JobConfig.survey_model`` None), ``forced`` (True), ``off`` (False), ``reused``
+    (``JobConfig.model``) or ``not applicable`` (another method, a custom tile function)."""
+    reason: str = ""
+    """Why, in words (e.g. ``auto: 9 active tiles, >= 4``)."""
+    reused_from: str | None = None
+    """The reused model file as given (absolute); None: learned by this job (or none)."""
+    sha256: str | None = None
+    """The reused file's content (part of the plan key); None when learned."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SurveyModelChoice":
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,7 @@ class Job:
     guide_range: tuple[tuple[float, float], ...]
     checksums: dict[str, str]
     warnings: tuple[str, ...] = ()
+    survey_model: SurveyModelChoice = SurveyModelChoice()
     version: str = field(default_factory=package_version)
     format: int = JOB_FORMAT
 
@@ -75,6 +100,17 @@ class Job:
     @property
     def quicklook_path(self) -> str:
         return sibling_path(self.out, ".quicklook.png")
+
+    @property
+    def model_output_path(self) -> str:
+        """``<out stem>.model.pt``: the survey model beside the output, for the next flight to reuse."""
+        return sibling_path(self.out, ".model.pt")
+
+    @property
+    def survey_model_path(self) -> str:
+        """The survey model the tiles fine-tune from, in the work dir, named by the plan key (learned
+        or a reused file's copy): a model of another plan in the same work dir is never taken."""
+        return os.path.join(self.work_dir, f"survey_model_{self.key[:16]}.pt")
 
     def tile_paths(self, index: int) -> tuple[str, str]:
         d = os.path.join(self.work_dir, "tiles")
@@ -100,7 +136,7 @@ class Job:
             "plan": self.plan.to_dict(), "gsd_ratio": self.gsd_ratio, "overlap": self.overlap,
             "target_range": [list(r) for r in self.target_range],
             "guide_range": [list(r) for r in self.guide_range], "checksums": dict(self.checksums),
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "survey_model": self.survey_model.to_dict(),
         }
 
     @classmethod
@@ -115,7 +151,8 @@ class Job:
             plan=TilePlan.from_dict(d["plan"]), gsd_ratio=float(d["gsd_ratio"]), overlap=float(d["overlap"]),
             target_range=tuple(tuple(r) for r in d["target_range"]),  # type: ignore[misc]
             guide_range=tuple(tuple(r) for r in d["guide_range"]),  # type: ignore[misc]
-            checksums=dict(d["checksums"]), warnings=tuple(d["warnings"]), version=d["version"], format=d["format"],
+            checksums=dict(d["checksums"]), warnings=tuple(d["warnings"]),
+            survey_model=SurveyModelChoice.from_dict(d["survey_model"]), version=d["version"], format=d["format"],
         )
 
 
@@ -147,6 +184,7 @@ class JobOutputs:
     report: str
     quicklook: str | None
     registration: str | None = None  # the survey registration map (a cmsr job that registers), else None
+    model: str | None = None  # the survey model beside the output (a job that used one), else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -66,6 +66,14 @@ def read_tile_inputs(job: Job, index: int) -> TileInputs:
     return TileInputs(spec, lr, np.ascontiguousarray(np.moveaxis(guide, 0, -1)), g_valid)
 
 
+def read_tile_lr(job: Job, index: int, bands: tuple[int, ...] | None = None) -> np.ndarray:
+    """Tile ``index``'s LR target window alone ((B, h, w) float32, NaN nodata; ``bands`` 1-based
+    among the job's target bands, default all): what ranking tiles needs, a 1/s^2 of a tile's read."""
+    bands = bands or tuple(range(1, len(job.target_bands) + 1))
+    lr, _ = rasters.read_window(_lazy(job.target_lr, (256, 256)), job.plan.tiles[index].lr_read, bands)
+    return lr
+
+
 def _small(v: Any) -> bool:
     return isinstance(v, (int, float, str, bool, type(None))) or (
         isinstance(v, (list, tuple)) and len(v) <= 64 and all(isinstance(x, (int, float, str, bool)) for x in v)
